@@ -1,0 +1,38 @@
+"""Config keys of the plugin: every new key lives under ``MODEL.RETINANET_PLUGIN``.
+
+The plugin reuses Detectron2's own RetinaNet keys (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``,
+``MODEL.FPN.*``, ``MODEL.RESNETS.*``) with their Detectron2 meaning, so a Detectron2 RetinaNet YAML
+works unchanged once the three component names point at the plugin's registrations.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_retinanet_plugin_config(cfg):
+    """Add the plugin's keys (with their defaults) to a Detectron2 config, in place, and return it.
+
+    Calling it twice is harmless: a config that already has the node is left as it is.
+    """
+    if "RETINANET_PLUGIN" in cfg.MODEL:
+        return cfg
+    node = CN()
+    # Name of the head in RETINANET_PLUGIN_HEAD_REGISTRY (retinanet_plugin.modeling.head).
+    node.HEAD_NAME = "RetinaNetPluginHead"
+    # Input of the stride-2 P6 conv: "res5" (C5, as Detectron2 does) or "p5" (the FPN's P5, a paper option).
+    node.P6P7_INPUT = "res5"
+    # Whether a ground-truth box with no anchor above the foreground IoU threshold still gets the anchors
+    # that overlap it best as foreground (Detectron2 hard-codes True; the paper does not say).
+    node.ALLOW_LOW_QUALITY_MATCHES = True
+    # How both losses are normalised:
+    #   "ema":   exponential moving average of the number of foreground anchors per worker, counted over
+    #            all workers (all-reduced, divided by the number of workers). Detectron2's normaliser,
+    #            except that Detectron2 counts on each GPU alone.
+    #   "batch": the paper's plain count of foreground anchors in the batch (over all workers, at least 1).
+    node.LOSS_NORMALIZER = "ema"
+    # Start value and momentum of the "ema" normaliser (Detectron2: 100 and 0.9).
+    node.NORMALIZER_EMA_INIT = 100.0
+    node.NORMALIZER_EMA_MOMENTUM = 0.9
+    # Classification loss implementation: "op" (the custom sigmoid focal loss kernel, retinanet_plugin._C)
+    # or "reference" (the composite PyTorch expression on a one-hot target, as fvcore writes it).
+    node.FOCAL_LOSS_IMPL = "op"
+    cfg.MODEL.RETINANET_PLUGIN = node
+    return cfg

@@ -1,0 +1,271 @@
+"""The plugin's RetinaNet meta-architecture: anchor labelling, losses and inference."""
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat, ciou_loss, diou_loss
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import giou_loss, smooth_l1_loss
+
+from ..layers import focal_loss_op_available, sigmoid_focal_loss, sigmoid_focal_loss_reference
+from .head import build_retinanet_plugin_head
+
+logger = logging.getLogger(__name__)
+
+BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
+NORMALIZERS = ("ema", "batch")
+FOCAL_LOSS_IMPLS = {"op": sigmoid_focal_loss, "reference": sigmoid_focal_loss_reference}
+
+
+@META_ARCH_REGISTRY.register()
+class RetinaNetPlugin(DenseDetector):
+    """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection") on Detectron2's dense-detector base.
+
+    Training returns ``{"loss_cls", "loss_box_reg"}``, both divided by the foreground-anchor normaliser.
+    Inference returns, per image, ``Instances`` with ``pred_boxes``, ``scores`` and ``pred_classes`` in the
+    resolution of the input's ``height``/``width``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        anchor_matcher: Matcher,
+        num_classes: int,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        focal_loss_impl: str = "op",
+        smooth_l1_beta: float = 0.0,
+        box_reg_loss_type: str = "smooth_l1",
+        loss_normalizer: str = "ema",
+        normalizer_ema_init: float = 100.0,
+        normalizer_ema_momentum: float = 0.9,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.5,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+    ):
+        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        if box_reg_loss_type not in BOX_LOSSES:
+            raise ValueError(f"MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of {BOX_LOSSES}, got {box_reg_loss_type!r}")
+        if loss_normalizer not in NORMALIZERS:
+            raise ValueError(f"MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER must be one of {NORMALIZERS}, got {loss_normalizer!r}")
+        if focal_loss_impl not in FOCAL_LOSS_IMPLS:
+            raise ValueError(
+                f"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL must be one of {tuple(FOCAL_LOSS_IMPLS)}, got {focal_loss_impl!r}"
+            )
+        if focal_loss_impl == "op" and not focal_loss_op_available():
+            raise RuntimeError(
+                "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL is 'op' but retinanet_plugin._C is not built: run "
+                "`pip install --no-build-isolation -e .` in the plugin's folder, or set the key to 'reference'"
+            )
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        self.anchor_matcher = anchor_matcher
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.focal_loss_impl = focal_loss_impl
+        self.smooth_l1_beta = smooth_l1_beta
+        self.box_reg_loss_type = box_reg_loss_type
+        self.loss_normalizer_mode = loss_normalizer
+        self.normalizer_ema_momentum = normalizer_ema_momentum
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.input_format = input_format
+        # Saved in checkpoints so a resumed run continues with the same normaliser.
+        self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in cfg.MODEL.RETINANET.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} does not output (it gives {sorted(backbone_shape)})"
+            )
+        feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        thresholds = list(cfg.MODEL.RETINANET.IOU_THRESHOLDS)
+        if thresholds != sorted(thresholds) or len(cfg.MODEL.RETINANET.IOU_LABELS) != len(thresholds) + 1:
+            raise ValueError(
+                "MODEL.RETINANET.IOU_THRESHOLDS must be increasing with one fewer entry than "
+                f"MODEL.RETINANET.IOU_LABELS; got {thresholds} and {list(cfg.MODEL.RETINANET.IOU_LABELS)}"
+            )
+        plugin = cfg.MODEL.RETINANET_PLUGIN
+        return {
+            "backbone": backbone,
+            "head": build_retinanet_plugin_head(cfg, feature_shapes),
+            "head_in_features": cfg.MODEL.RETINANET.IN_FEATURES,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(
+                thresholds,
+                cfg.MODEL.RETINANET.IOU_LABELS,
+                allow_low_quality_matches=plugin.ALLOW_LOW_QUALITY_MATCHES,
+            ),
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "focal_loss_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+            "focal_loss_impl": plugin.FOCAL_LOSS_IMPL,
+            "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
+            "loss_normalizer": plugin.LOSS_NORMALIZER,
+            "normalizer_ema_init": plugin.NORMALIZER_EMA_INIT,
+            "normalizer_ema_momentum": plugin.NORMALIZER_EMA_MOMENTUM,
+            "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of Detectron2's RetinaNet (and older ones) have no normaliser: keep the current one.
+        state_dict.setdefault(prefix + "loss_normalizer", self.loss_normalizer.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- training
+    def forward_training(self, images: ImageList, features, predictions, gt_instances: List[Instances]):
+        logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, logits, gt_labels, deltas, gt_boxes)
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+        """Match anchors to ground truth by IoU.
+
+        Returns:
+            labels: [N, R] int64, R anchors over all levels: 0..K-1 foreground class, K background, -1 ignored.
+            boxes: [N, R, 4] the matched ground-truth box (XYXY pixels); meaningful on foreground only.
+        """
+        anchors = Boxes.cat(anchors)
+        labels, boxes = [], []
+        for instances in gt_instances:
+            if len(instances) == 0:
+                labels.append(torch.full((len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device))
+                boxes.append(torch.zeros_like(anchors.tensor))
+                continue
+            matched_idxs, match_labels = self.anchor_matcher(pairwise_iou(instances.gt_boxes, anchors))
+            labels_i = instances.gt_classes[matched_idxs].to(torch.int64)
+            labels_i[match_labels == 0] = self.num_classes
+            labels_i[match_labels == -1] = -1
+            labels.append(labels_i)
+            boxes.append(instances.gt_boxes.tensor[matched_idxs])
+        return torch.stack(labels), torch.stack(boxes)
+
+    def _update_normalizer(self, num_foreground: Tensor) -> Tensor:
+        """The loss normaliser for this step, from the batch's foreground count (a 0-dim tensor, no host sync)."""
+        count = num_foreground.to(torch.float32)
+        world_size = comm.get_world_size()
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            count = count.clone()
+            dist.all_reduce(count)
+            count = count / world_size
+        count = count.clamp(min=1.0)
+        if self.loss_normalizer_mode == "batch":
+            return count
+        momentum = self.normalizer_ema_momentum
+        with torch.no_grad():
+            self.loss_normalizer.mul_(momentum).add_(count.to(self.loss_normalizer) * (1.0 - momentum))
+        return self.loss_normalizer.clone()
+
+    def losses(self, anchors: List[Boxes], logits: List[Tensor], gt_labels: Tensor, deltas: List[Tensor], gt_boxes: Tensor) -> Dict[str, Tensor]:
+        """Focal loss over all non-ignored anchors and box loss over foreground anchors.
+
+        Args:
+            anchors: per level, Boxes of [R_i, 4].
+            logits, deltas: per level, [N, R_i, K] and [N, R_i, 4].
+            gt_labels, gt_boxes: [N, R] and [N, R, 4], from :meth:`label_anchors`.
+        """
+        num_images = gt_labels.shape[0]
+        foreground = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_foreground = foreground.sum()
+        get_event_storage().put_scalar("num_pos_anchors", num_foreground.item() / num_images)
+        normalizer = self._update_normalizer(num_foreground)
+
+        focal_loss = FOCAL_LOSS_IMPLS[self.focal_loss_impl]
+        loss_cls = focal_loss(
+            cat(logits, dim=1).reshape(-1, self.num_classes),
+            gt_labels.reshape(-1),
+            gamma=self.focal_loss_gamma,
+            alpha=self.focal_loss_alpha,
+            reduction="sum",
+        )
+        loss_box_reg = self._box_loss(anchors, deltas, gt_boxes, foreground)
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _box_loss(self, anchors: List[Boxes], deltas: List[Tensor], gt_boxes: Tensor, foreground: Tensor) -> Tensor:
+        """Summed box regression loss over foreground anchors only (no [N, R, 4] target tensor is built)."""
+        anchor_idx = foreground.nonzero()[:, 1]
+        fg_anchors = Boxes.cat(anchors).tensor[anchor_idx]
+        fg_deltas = cat(deltas, dim=1)[foreground]
+        fg_gt = gt_boxes[foreground]
+        if self.box_reg_loss_type == "smooth_l1":
+            target = self.box2box_transform.get_deltas(fg_anchors, fg_gt)
+            return smooth_l1_loss(fg_deltas, target, beta=self.smooth_l1_beta, reduction="sum")
+        pred_boxes = self.box2box_transform.apply_deltas(fg_deltas, fg_anchors)
+        box_loss = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[self.box_reg_loss_type]
+        return box_loss(pred_boxes, fg_gt, reduction="sum")
+
+    # ---------------------------------------------------------------------------------------- inference
+    def forward_inference(self, images: ImageList, features: List[Tensor], predictions):
+        logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        anchors = self.anchor_generator(features)
+        return self.inference(anchors, logits, deltas, images.image_sizes)
+
+    def inference(self, anchors: List[Boxes], logits: List[Tensor], deltas: List[Tensor], image_sizes) -> List[Instances]:
+        """Per level, the top-k (anchor, class) pairs above the score threshold, for all images at once;
+        then per image, class-aware NMS over all levels and the best ``max_detections_per_image``.
+
+        Args:
+            logits, deltas: per level, [N, R_i, K] and [N, R_i, 4].
+        """
+        num_images = len(image_sizes)
+        per_image = [([], [], []) for _ in range(num_images)]
+        for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
+            scores = logits_l.detach().flatten(1).sigmoid()  # [N, R_i * K]
+            k = min(self.test_topk_candidates, scores.shape[1])
+            top_scores, top_idx = scores.topk(k, dim=1)  # sorted, best first
+            anchor_idx = torch.div(top_idx, self.num_classes, rounding_mode="floor")
+            classes = top_idx % self.num_classes
+            top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+            boxes = self.box2box_transform.apply_deltas(
+                top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)]
+            ).view(num_images, k, 4)
+            keep = top_scores > self.test_score_thresh
+            for i in range(num_images):
+                per_image[i][0].append(boxes[i][keep[i]])
+                per_image[i][1].append(top_scores[i][keep[i]])
+                per_image[i][2].append(classes[i][keep[i]])
+        results = []
+        for (boxes, scores, classes), image_size in zip(per_image, image_sizes):
+            boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
+            keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)[: self.max_detections_per_image]
+            results.append(Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep]))
+        return results
