@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Run ``DefaultPredictor`` on image files and write the detections drawn with Detectron2's ``Visualizer``.
+
+    python tools/predict.py --config-file CONFIG.yaml --input a.jpg dir/ 'imgs/*.png' --output out/ \
+        [--mosaic out/all.png] MODEL.WEIGHTS model_final.pth
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+
+import retinanet_plugin
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="folder for the drawn images and detections.json")
+    parser.add_argument("--confidence-threshold", type=float, default=0.3, help="lowest score drawn")
+    parser.add_argument("--mosaic", default="", help="also write all drawn images tiled into this file")
+    parser.add_argument("--max-images", type=int, default=0, help="use only the first N inputs (0: all)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    return parser.parse_args(argv)
+
+
+def expand_inputs(patterns):
+    """Image paths from files, folders and glob patterns; an input that matches nothing is an error."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(p for p in glob.glob(os.path.join(pattern, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise FileNotFoundError(f"--input {pattern!r} matches no image file")
+        paths.extend(found)
+    return paths
+
+
+def setup_cfg(args):
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def tile(images, columns=3):
+    """Tile HxWx3 uint8 images (any sizes) into one image, row by row."""
+    height = max(i.shape[0] for i in images)
+    width = max(i.shape[1] for i in images)
+    rows = (len(images) + columns - 1) // columns
+    canvas = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
+    for n, image in enumerate(images):
+        r, c = divmod(n, columns)
+        canvas[r * height : r * height + image.shape[0], c * width : c * width + image.shape[1]] = image
+    return canvas
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = setup_cfg(args)
+    paths = expand_inputs(args.input)
+    if args.max_images > 0:
+        paths = paths[: args.max_images]
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    os.makedirs(args.output, exist_ok=True)
+    drawn, records = [], []
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read image {path!r}")
+        if cfg.INPUT.FORMAT == "RGB":
+            image = image[:, :, ::-1]
+        instances = predictor(image)["instances"].to("cpu")
+        instances = instances[instances.scores >= args.confidence_threshold]
+        rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
+        vis = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_pred.png")
+        cv2.imwrite(out_path, vis[:, :, ::-1])
+        drawn.append(vis)
+        records.append(
+            {
+                "file": path,
+                "boxes_xyxy": instances.pred_boxes.tensor.tolist(),
+                "scores": instances.scores.tolist(),
+                "classes": instances.pred_classes.tolist(),
+            }
+        )
+        print(f"{path}: {len(instances)} detections -> {out_path}")
+    with open(os.path.join(args.output, "detections.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    if args.mosaic:
+        cv2.imwrite(args.mosaic, tile(drawn)[:, :, ::-1])
+        print(f"mosaic of {len(drawn)} images -> {args.mosaic}")
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

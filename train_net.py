@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train and evaluate the plugin's RetinaNet with Detectron2's trainer and COCO evaluator.
+
+    python train_net.py --config-file configs/retinanet_R50.yaml --num-gpus 8
+    python train_net.py --config-file configs/retinanet_R50.yaml --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file configs/synthetic/retinanet_R18_synthetic.yaml --num-gpus 2   # no GPU: 2 CPU workers
+
+Without GPUs, ``--num-gpus N`` starts N CPU processes that train together over GLOO, and a config that
+asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
+"""
+import logging
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import retinanet_plugin
+from retinanet_plugin.data import check_dataset_files
+from retinanet_plugin.engine import RetinaNetPluginTrainer
+
+logger = logging.getLogger("retinanet_plugin")
+
+
+def setup(args):
+    """Config from the YAML and the command-line overrides, with the plugin's keys; logging and output folder."""
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if cpu_fallback:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cpu_fallback:
+        logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    check_dataset_files(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if args.eval_only:
+        model = RetinaNetPluginTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = RetinaNetPluginTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = RetinaNetPluginTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
