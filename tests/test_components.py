@@ -1,0 +1,162 @@
+"""Anchors, head, anchor labelling, losses and inference of the plugin's RetinaNet on small inputs."""
+import math
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from retinanet_plugin.modeling import build_retinanet_plugin_head
+
+LEVELS = [ShapeSpec(channels=256, stride=s) for s in (8, 16, 32, 64, 128)]
+IMPLS = ["op", "reference"]
+
+
+def test_anchor_counts_sizes_and_ratios(small_cfg):
+    gen = build_anchor_generator(small_cfg(), LEVELS)
+    assert gen.num_cell_anchors == [9] * 5
+    features = [torch.zeros(1, 1, max(1, 512 // s), max(1, 640 // s)) for s in (8, 16, 32, 64, 128)]
+    anchors = gen(features)
+    for level, (boxes, f, base) in enumerate(zip(anchors, features, [32, 64, 128, 256, 512])):
+        h, w = f.shape[-2:]
+        assert len(boxes) == h * w * 9
+        cell = boxes.tensor[:9]  # the 9 anchors of location (0, 0)
+        widths, heights = cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]
+        sizes = torch.sqrt(widths * heights).view(3, 3)  # [scale, ratio]
+        expected = torch.tensor([base * 2 ** (i / 3) for i in range(3)])
+        torch.testing.assert_close(sizes, expected.view(3, 1).expand(3, 3), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close((heights / widths).view(3, 3), torch.tensor([[0.5, 1.0, 2.0]] * 3), rtol=1e-5, atol=1e-5)
+        centres = (boxes.tensor[:, :2] + boxes.tensor[:, 2:]) / 2
+        stride = 8 * 2**level
+        torch.testing.assert_close(centres[9 * 1], torch.tensor([stride * 1.0, 0.0]))  # second location: next column
+        if w > 1 or h > 1:
+            assert centres.view(-1, 9, 2).std(dim=1).max() < 1e-4  # the 9 anchors of a location share its centre
+
+
+def test_anchors_equal_detectron2_default_generator(small_cfg):
+    cfg = small_cfg(**{"MODEL.ANCHOR_GENERATOR.OFFSET": 0.5})
+    ours = build_anchor_generator(cfg, LEVELS)
+    cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+    theirs = build_anchor_generator(cfg, LEVELS)
+    assert isinstance(theirs, DefaultAnchorGenerator)
+    features = [torch.zeros(2, 1, 13 // (2**i) + 1, 21 // (2**i) + 1) for i in range(5)]
+    for a, b in zip(ours(features), theirs(features)):
+        torch.testing.assert_close(a.tensor, b.tensor)
+
+
+def test_head_shapes_bias_and_init(small_cfg):
+    cfg = small_cfg(num_classes=7)
+    head = build_retinanet_plugin_head(cfg, LEVELS)
+    features = [torch.randn(2, 256, 40 // 2**i, 24 // 2**i + 1) for i in range(5)]
+    logits, deltas = head(features)
+    for f, lg, dl in zip(features, logits, deltas):
+        assert lg.shape == (2, 9 * 7, *f.shape[-2:])
+        assert dl.shape == (2, 9 * 4, *f.shape[-2:])
+    assert torch.allclose(head.cls_score.bias, torch.full_like(head.cls_score.bias, -math.log(99.0)))
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 * 4 + 2
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(weights.std().item() - 0.01) < 1e-3 and abs(weights.mean().item()) < 1e-3
+    assert all(torch.all(c.bias == 0) for c in convs if c is not head.cls_score)
+    # shared across levels: the same module weights serve every level, not shared between the two subnets
+    assert head.cls_subnet[0].weight.data_ptr() != head.bbox_subnet[0].weight.data_ptr()
+
+
+def test_head_group_norm_and_num_convs(small_cfg):
+    head = build_retinanet_plugin_head(small_cfg(**{"MODEL.RETINANET.NORM": "GN", "MODEL.RETINANET.NUM_CONVS": 2}), LEVELS)
+    kinds = [type(m).__name__ for m in head.cls_subnet]
+    assert kinds == ["Conv2d", "GroupNorm", "ReLU", "Conv2d", "GroupNorm", "ReLU"]
+
+
+def _instances(boxes, classes, size):
+    return Instances(size, gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4)),
+                     gt_classes=torch.tensor(classes, dtype=torch.int64))
+
+
+def _image(h=192, w=256, seed=0):
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def test_label_anchors_thresholds_and_low_quality_option(small_cfg):
+    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference"}))
+    anchors = [Boxes(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]]))]
+    gt = _instances([[0, 0, 10, 10], [49, 49, 61, 70]], [3, 1], (100, 100))
+    labels, boxes = model.label_anchors(anchors, [gt])
+    # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 has IoU 0.47 with gt 1: a low-quality match
+    assert labels.tolist() == [[3, 3, -1, 5, 1]]
+    torch.testing.assert_close(boxes[0, 4], torch.tensor([49.0, 49, 61, 70]))
+    model.anchor_matcher.allow_low_quality_matches = False
+    labels, _ = model.label_anchors(anchors, [gt])
+    assert labels.tolist() == [[3, 3, -1, 5, -1]]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_step_on_empty_images(small_cfg, impl):
+    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": impl}))
+    batch = [{"image": _image(seed=i), "instances": _instances([], [], (192, 256))} for i in range(2)]
+    with EventStorage():
+        losses = model(batch)
+        sum(losses.values()).backward()
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    assert losses["loss_box_reg"].item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_step_with_hundreds_of_instances(small_cfg, impl):
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(400, 2, generator=g) * torch.tensor([220.0, 160.0])
+    wh = 4 + torch.rand(400, 2, generator=g) * 60
+    boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([256.0, 192.0]))], dim=1)
+    classes = torch.randint(0, 5, (400,), generator=g)
+    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": impl}))
+    batch = [
+        {"image": _image(seed=1), "instances": _instances(boxes.tolist(), classes.tolist(), (192, 256))},
+        {"image": _image(seed=2), "instances": _instances([], [], (192, 256))},
+    ]
+    with EventStorage() as storage:
+        losses = model(batch)
+        sum(losses.values()).backward()
+        num_pos = storage.history("num_pos_anchors").latest()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box_reg"] > 0 and num_pos > 400 / 2
+
+
+@pytest.mark.parametrize("mode", ["ema", "batch"])
+def test_loss_normalizer(small_cfg, mode):
+    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
+                                     "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER": mode}))
+    got = [model._update_normalizer(torch.tensor(n)).item() for n in (40, 0, 10)]
+    if mode == "batch":
+        assert got == [40.0, 1.0, 10.0]
+    else:
+        expected, value = [], 100.0
+        for n in (40, 0, 10):
+            value = 0.9 * value + 0.1 * max(n, 1)
+            expected.append(value)
+        assert got == pytest.approx(expected, rel=1e-6)
+        assert model.state_dict()["loss_normalizer"].item() == pytest.approx(expected[-1], rel=1e-6)
+
+
+def test_inference_caps_thresholds_and_clips(small_cfg):
+    cfg = small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference", "TEST.DETECTIONS_PER_IMAGE": 17,
+                       "MODEL.RETINANET.SCORE_THRESH_TEST": 0.2})
+    model = build_model(cfg).eval()
+    for layer in (model.head.cls_score, model.head.bbox_pred):  # scores 0.5 everywhere, boxes = anchors
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        out = model([{"image": _image(160, 224), "height": 320, "width": 448}, {"image": _image(96, 128, seed=3)}])
+    first, second = out[0]["instances"], out[1]["instances"]
+    assert first.image_size == (320, 448) and second.image_size == (96, 128)
+    for inst, (h, w) in ((first, (320, 448)), (second, (96, 128))):
+        assert 0 < len(inst) <= 17
+        assert torch.all(inst.scores > 0.2)
+        b = inst.pred_boxes.tensor
+        assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 2] <= w) and torch.all(b[:, 1] >= 0) and torch.all(b[:, 3] <= h)
+        assert torch.all(inst.scores[:-1] >= inst.scores[1:])
+        assert inst.pred_classes.min() >= 0 and inst.pred_classes.max() < 5

@@ -1,0 +1,148 @@
+"""Importing the plugin registers its components; each is built through its registry from YAML; configs."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import ANCHOR_GENERATOR_REGISTRY, BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
+
+import retinanet_plugin
+from retinanet_plugin import model_zoo
+from retinanet_plugin.modeling import RETINANET_PLUGIN_HEAD_REGISTRY
+
+D2_ZOO = Path(__import__("detectron2").__file__).parent / "model_zoo" / "configs"
+
+
+def test_import_registers_components_under_distinct_names():
+    assert META_ARCH_REGISTRY.get("RetinaNetPlugin") is retinanet_plugin.modeling.RetinaNetPlugin
+    assert BACKBONE_REGISTRY.get("build_retinanet_plugin_resnet_fpn_backbone") is not BACKBONE_REGISTRY.get(
+        "build_retinanet_resnet_fpn_backbone"
+    )
+    assert ANCHOR_GENERATOR_REGISTRY.get("RetinaNetPluginAnchorGenerator") is not ANCHOR_GENERATOR_REGISTRY.get(
+        "DefaultAnchorGenerator"
+    )
+    assert META_ARCH_REGISTRY.get("RetinaNet") is not META_ARCH_REGISTRY.get("RetinaNetPlugin")
+    assert RETINANET_PLUGIN_HEAD_REGISTRY.get("RetinaNetPluginHead") is retinanet_plugin.modeling.RetinaNetPluginHead
+
+
+def test_every_plugin_key_is_documented_beside_its_default():
+    source = (Path(retinanet_plugin.__file__).parent / "config.py").read_text().splitlines()
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    keys = set(cfg.MODEL.RETINANET_PLUGIN.keys())
+    assert keys, "the plugin node is empty"
+    for key in keys:
+        lines = [i for i, line in enumerate(source) if re.match(rf"\s*node\.{key}\s*=", line)]
+        assert len(lines) == 1, f"{key} is not assigned exactly once in config.py"
+        above = source[lines[0] - 1].strip()
+        # a key is documented by the comment right above it, or shares the comment block of the key above it
+        assert above.startswith("#") or re.match(r"node\.\w+\s*=", above), f"{key} has no comment beside it"
+
+
+def test_add_config_is_idempotent_and_keeps_values():
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT = "p5"
+    retinanet_plugin.add_retinanet_plugin_config(cfg)
+    assert cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT == "p5"
+
+
+@pytest.mark.parametrize("name", ["retinanet_R50.yaml", "retinanet_R50_3x.yaml", "retinanet_R101_3x.yaml"])
+def test_shipped_configs_match_detectron2_model_zoo(name):
+    """Our leaves carry the hyperparameters of Detectron2's own model-zoo configs, only the component names differ."""
+    ours = model_zoo.get_config(name)
+    d2_name = {"retinanet_R50.yaml": "retinanet_R_50_FPN_1x.yaml", "retinanet_R50_3x.yaml": "retinanet_R_50_FPN_3x.yaml",
+               "retinanet_R101_3x.yaml": "retinanet_R_101_FPN_3x.yaml"}[name]
+    theirs = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    theirs.merge_from_file(str(D2_ZOO / "COCO-Detection" / d2_name))
+    assert ours.MODEL.META_ARCHITECTURE == "RetinaNetPlugin"
+    assert ours.MODEL.BACKBONE.NAME == "build_retinanet_plugin_resnet_fpn_backbone"
+    assert ours.MODEL.ANCHOR_GENERATOR.NAME == "RetinaNetPluginAnchorGenerator"
+    for node in ("SOLVER", "INPUT", "DATASETS", "TEST", "DATALOADER"):
+        assert ours[node] == theirs[node], node
+    for node in ("RETINANET", "RESNETS", "FPN", "PIXEL_MEAN", "PIXEL_STD", "WEIGHTS"):
+        assert ours.MODEL[node] == theirs.MODEL[node], node
+    assert ours.MODEL.ANCHOR_GENERATOR.SIZES == theirs.MODEL.ANCHOR_GENERATOR.SIZES
+    assert ours.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == theirs.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
+
+
+def test_model_zoo_lists_and_rejects(tmp_path):
+    names = model_zoo.list_configs()
+    for expected in ("Base-RetinaNet.yaml", "retinanet_R50.yaml", "retinanet_R50_3x.yaml", "retinanet_R101_3x.yaml"):
+        assert expected in names
+    with pytest.raises(FileNotFoundError, match="retinanet_R50.yaml"):
+        model_zoo.get_config_file("retinanet_R5O.yaml")
+
+
+def test_user_yaml_can_base_on_a_shipped_config(tmp_path):
+    user = tmp_path / "my_retinanet.yaml"
+    user.write_text(
+        f'_BASE_: "{model_zoo.get_config_file("retinanet_R50_3x.yaml")}"\n'
+        "MODEL:\n  RETINANET:\n    NUM_CLASSES: 3\n  RETINANET_PLUGIN:\n    P6P7_INPUT: p5\n"
+    )
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    cfg.merge_from_file(str(user))
+    assert cfg.MODEL.RETINANET.NUM_CLASSES == 3
+    assert cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT == "p5"
+    assert cfg.SOLVER.MAX_ITER == 270000
+    assert cfg.MODEL.META_ARCHITECTURE == "RetinaNetPlugin"
+
+
+def test_misspelled_plugin_key_is_rejected_naming_it(tmp_path):
+    user = tmp_path / "typo.yaml"
+    user.write_text("MODEL:\n  RETINANET_PLUGIN:\n    P6P7_INPUTS: p5\n")
+    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
+    with pytest.raises(KeyError, match="P6P7_INPUTS"):
+        cfg.merge_from_file(str(user))
+
+
+def test_components_are_built_through_registries_from_yaml(small_cfg):
+    cfg = small_cfg(depth=50)
+    model = build_model(cfg)
+    assert type(model).__name__ == "RetinaNetPlugin"
+    shapes = model.backbone.output_shape()
+    assert sorted(shapes) == ["p3", "p4", "p5", "p6", "p7"]
+    assert {k: v.stride for k, v in shapes.items()} == {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+    assert {v.channels for v in shapes.values()} == {256}
+    assert type(model.anchor_generator).__name__ == "RetinaNetPluginAnchorGenerator"
+    assert type(model.head).__name__ == "RetinaNetPluginHead"
+    assert model.anchor_matcher.allow_low_quality_matches is True
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_backbone_depths(small_cfg, depth):
+    from detectron2.modeling import build_backbone
+
+    cfg = small_cfg(depth=depth)
+    backbone = build_backbone(cfg)
+    out = backbone(torch.zeros(1, 3, 128, 128))
+    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_p6_from_p5_option(small_cfg):
+    from detectron2.modeling import build_backbone
+
+    res5 = build_backbone(small_cfg(depth=50))
+    p5 = build_backbone(small_cfg(depth=50, **{"MODEL.RETINANET_PLUGIN.P6P7_INPUT": "p5"}))
+    assert res5.top_block.p6.in_channels == 2048 and res5.top_block.in_feature == "res5"
+    assert p5.top_block.p6.in_channels == 256 and p5.top_block.in_feature == "p5"
+    with pytest.raises(ValueError, match="MODEL.RETINANET_PLUGIN.P6P7_INPUT"):
+        build_backbone(small_cfg(**{"MODEL.RETINANET_PLUGIN.P6P7_INPUT": "c6"}))
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("MODEL.RETINANET.IN_FEATURES", ["p3", "p4", "p5", "p6", "p8"], "MODEL.RETINANET.IN_FEATURES"),
+        ("MODEL.RETINANET.IOU_THRESHOLDS", [0.5, 0.4], "MODEL.RETINANET.IOU_THRESHOLDS"),
+        ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128]], "MODEL.ANCHOR_GENERATOR.SIZES"),
+        ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[0.5], [1.0]], "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"),
+        ("MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER", "mean", "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER"),
+        ("MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL", "cuda", "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL"),
+        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "l2", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE"),
+        ("MODEL.RETINANET.PRIOR_PROB", 1.5, "MODEL.RETINANET.PRIOR_PROB"),
+    ],
+)
+def test_bad_config_values_name_the_key(small_cfg, key, value, message):
+    cfg = small_cfg(**{key: value})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(cfg)
