@@ -1,0 +1,145 @@
+"""End-to-end runs of train_net.py and tools/predict.py on the synthetic dataset (1 and 2 CPU processes)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
+TINY = [  # a few iterations on small images: this checks the plumbing, not the accuracy
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.STEPS", "(3,)", "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MIN_SIZE_TEST", "160",
+    "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
+]
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory):
+    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once for the module)."""
+    from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
+
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_shapes(str(root / DATASET_DIRNAME))
+    return root
+
+
+def run(args, datasets_root, timeout=600):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def train(out_dir, datasets_root, *extra, num_gpus=1, resume=False):
+    args = ["train_net.py", "--config-file", CONFIG, "--num-gpus", str(num_gpus)]
+    if resume:
+        args.append("--resume")
+    proc = run(args + TINY + ["OUTPUT_DIR", str(out_dir), *extra], datasets_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_evaluation(out_dir, log):
+    assert os.path.isfile(os.path.join(out_dir, "inference", "retinanet_synthetic_shapes_val", "coco_instances_results.json"))
+    assert "Evaluation results for bbox" in log
+    evaluated = [m for m in metrics(out_dir) if "bbox/AP50" in m]
+    assert evaluated, "no bbox AP in metrics.json"
+    return evaluated[-1]
+
+
+@pytest.fixture(scope="module")
+def trained_one_process(tmp_path_factory, datasets_root):
+    out = tmp_path_factory.mktemp("one_process")
+    proc = train(out, datasets_root)
+    return out, proc.stdout + proc.stderr
+
+
+def test_one_process_trains_checkpoints_and_evaluates(trained_one_process):
+    out, log = trained_one_process
+    for name in ("model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint", "config.yaml"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")], "a temporary checkpoint file was left behind"
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 3 and {"model", "optimizer", "scheduler"} <= set(ckpt)
+    losses = [m["total_loss"] for m in metrics(out) if "total_loss" in m]
+    assert losses and all(l == l and l < 1e4 for l in losses)  # finite
+    check_evaluation(out, log)
+
+
+def test_resume_continues_from_last_checkpoint(trained_one_process, tmp_path, datasets_root):
+    out, _ = trained_one_process
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("model_final.pth", "last_checkpoint"):
+        (resumed / name).write_bytes((out / name).read_bytes())
+    proc = train(resumed, datasets_root, "SOLVER.MAX_ITER", "7", resume=True)
+    log = proc.stdout + proc.stderr
+    assert "model_final.pth" in log and "Loading checkpoint from" in log
+    iterations = [m["iteration"] for m in metrics(resumed) if "total_loss" in m]
+    assert iterations and min(iterations) >= 4, iterations  # no iteration before the checkpoint was repeated
+    ckpt = torch.load(resumed / "model_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 6
+    assert ckpt["scheduler"]["last_epoch"] == 7  # the scheduler went on from where the checkpoint left it
+
+
+def test_two_cpu_processes_over_gloo(tmp_path, datasets_root):
+    proc = train(tmp_path, datasets_root, num_gpus=2)
+    log = proc.stdout + proc.stderr
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    assert "World size: 2" in log
+    check_evaluation(tmp_path, log)
+
+
+def test_eval_only_and_predictor(trained_one_process, tmp_path, datasets_root):
+    out, _ = trained_one_process
+    weights = str(out / "model_final.pth")
+    proc = run(["train_net.py", "--config-file", CONFIG, "--eval-only", *TINY, "OUTPUT_DIR", str(tmp_path / "eval"),
+                "MODEL.WEIGHTS", weights], datasets_root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_evaluation(tmp_path / "eval", proc.stdout + proc.stderr)
+
+    val_images = sorted((datasets_root / "retinanet_synthetic_shapes" / "val").iterdir())[:3]
+    proc = run(["tools/predict.py", "--config-file", CONFIG, "--input", *map(str, val_images), "--output",
+                str(tmp_path / "pred"), "--mosaic", str(tmp_path / "pred" / "all.png"), "--confidence-threshold", "0",
+                "MODEL.WEIGHTS", weights], datasets_root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(list((tmp_path / "pred").glob("*_pred.png"))) == 3 and (tmp_path / "pred" / "all.png").is_file()
+
+
+def test_default_predictor_returns_instances_inside_the_image(trained_one_process, datasets_root):
+    import cv2
+    from detectron2.engine import DefaultPredictor
+
+    from retinanet_plugin import model_zoo
+
+    out, _ = trained_one_process
+    cfg = model_zoo.get_config("synthetic/retinanet_R18_synthetic.yaml")
+    cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # keep every candidate: the tiny run's scores are low
+    image_path = sorted((datasets_root / "retinanet_synthetic_shapes" / "val").iterdir())[0]
+    image = cv2.imread(str(image_path))
+    instances = DefaultPredictor(cfg)(image)["instances"]
+    h, w = image.shape[:2]
+    assert instances.image_size == (h, w) and len(instances) > 0
+    boxes = instances.pred_boxes.tensor
+    assert torch.all(boxes[:, 0] >= 0) and torch.all(boxes[:, 1] >= 0)
+    assert torch.all(boxes[:, 2] <= w) and torch.all(boxes[:, 3] <= h)
+    assert torch.all(boxes[:, 2] > boxes[:, 0]) and torch.all(boxes[:, 3] > boxes[:, 1])
+
+
+def test_missing_coco_files_give_a_clear_error(tmp_path):
+    proc = run(["train_net.py", "--config-file", os.path.join(REPO_ROOT, "configs", "retinanet_R50.yaml"),
+                "OUTPUT_DIR", str(tmp_path / "out")], tmp_path / "empty_datasets", timeout=120)
+    assert proc.returncode != 0
+    assert "DETECTRON2_DATASETS" in proc.stderr and "instances_train2017.json" in proc.stderr
