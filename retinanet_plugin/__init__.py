@@ -7,6 +7,7 @@ and the embedded synthetic dataset ``retinanet_synthetic_shapes_{train,val}``.
 """
 from .config import add_retinanet_plugin_config
 from . import modeling  # noqa: F401  (registers the components)
+from . import data  # noqa: F401  (registers retinanet_synthetic_shapes_{train,val}; files are made on first use)
 
 __version__ = "0.1.0"
 __all__ = ["add_retinanet_plugin_config", "modeling"]
