@@ -86,12 +86,13 @@ def test_label_anchors_thresholds_and_low_quality_option(small_cfg):
     anchors = [Boxes(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]]))]
     gt = _instances([[0, 0, 10, 10], [49, 49, 61, 70]], [3, 1], (100, 100))
     labels, boxes = model.label_anchors(anchors, [gt])
-    # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 has IoU 0.47 with gt 1: a low-quality match
+    # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 (IoU 0.397 with gt 1, background by
+    # threshold) is gt 1's best anchor: a low-quality match
     assert labels.tolist() == [[3, 3, -1, 5, 1]]
     torch.testing.assert_close(boxes[0, 4], torch.tensor([49.0, 49, 61, 70]))
     model.anchor_matcher.allow_low_quality_matches = False
     labels, _ = model.label_anchors(anchors, [gt])
-    assert labels.tolist() == [[3, 3, -1, 5, -1]]
+    assert labels.tolist() == [[3, 3, -1, 5, 5]]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -160,3 +161,20 @@ def test_inference_caps_thresholds_and_clips(small_cfg):
         assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 2] <= w) and torch.all(b[:, 1] >= 0) and torch.all(b[:, 3] <= h)
         assert torch.all(inst.scores[:-1] >= inst.scores[1:])
         assert inst.pred_classes.min() >= 0 and inst.pred_classes.max() < 5
+
+
+def test_head_batch_norm_keeps_statistics_per_level(small_cfg):
+    head = build_retinanet_plugin_head(small_cfg(**{"MODEL.RETINANET.NORM": "BN"}), LEVELS)
+    norm = head.cls_subnet[1]
+    assert type(norm).__name__ == "CycleBatchNormList" and len(norm) == 5
+    head.train()
+    head([torch.randn(2, 256, 8, 8) * (i + 1) for i in range(5)])  # level i has std i + 1
+    variances = [bn.running_var.mean().item() for bn in norm]
+    assert variances == sorted(variances) and variances[-1] - variances[0] > 0.3  # one step, momentum 0.1
+
+
+def test_anchor_grid_cache_is_bounded(small_cfg):
+    gen = build_anchor_generator(small_cfg(), LEVELS)
+    for size in range(8, 8 + 3 * gen.GRID_CACHE_SIZE):
+        gen([torch.zeros(1, 1, size, size)] * 5)
+    assert len(gen._grid_cache) == gen.GRID_CACHE_SIZE

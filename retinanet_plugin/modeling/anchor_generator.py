@@ -1,6 +1,7 @@
 """Anchors of RetinaNet: sizes x aspect ratios at every location of every pyramid level."""
 import math
-from typing import Dict, List, Sequence, Tuple
+from collections import OrderedDict
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -44,8 +45,11 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
 
     Anchors of a level are ordered location-major (row, then column), then size, then aspect ratio,
     which is the order of the head's channel layout and of Detectron2's ``DefaultAnchorGenerator``.
-    Grids are cached per (height, width, device), so repeated image sizes cost nothing.
+    The most recent ``GRID_CACHE_SIZE`` grids are cached per (level, height, width, device), so repeated
+    image sizes cost nothing and multi-scale training does not grow memory without bound.
     """
+
+    GRID_CACHE_SIZE = 32
 
     box_dim: int = 4
 
@@ -72,7 +76,7 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         self._cell_anchors = [cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)]
-        self._grid_cache: Dict[Tuple[int, int, int, str], torch.Tensor] = {}
+        self._grid_cache: "OrderedDict[Tuple[int, int, int, str], torch.Tensor]" = OrderedDict()
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -103,6 +107,10 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
             shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
             anchors = (shifts + self._cell_anchors[level].view(1, -1, 4)).reshape(-1, 4).to(device)
             self._grid_cache[key] = anchors
+            if len(self._grid_cache) > self.GRID_CACHE_SIZE:
+                self._grid_cache.popitem(last=False)
+        else:
+            self._grid_cache.move_to_end(key)
         return anchors
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:

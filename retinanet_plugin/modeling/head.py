@@ -1,5 +1,4 @@
 """RetinaNet's class and box subnets, and the registry that lets users swap heads."""
-import logging
 import math
 from typing import List, Tuple
 
@@ -7,11 +6,10 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.registry import Registry
 
-logger = logging.getLogger(__name__)
 
 RETINANET_PLUGIN_HEAD_REGISTRY = Registry("RETINANET_PLUGIN_HEAD")
 RETINANET_PLUGIN_HEAD_REGISTRY.__doc__ = """
@@ -26,12 +24,21 @@ def build_retinanet_plugin_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     return RETINANET_PLUGIN_HEAD_REGISTRY.get(cfg.MODEL.RETINANET_PLUGIN.HEAD_NAME)(cfg, input_shape)
 
 
-def _subnet(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
+def _norm_layer(norm: str, channels: int, num_levels: int) -> nn.Module:
+    """GN (or any Detectron2 norm name) is shared across levels; BN / SyncBN keep one set of statistics per
+    level (Detectron2's ``CycleBatchNormList``), since feature statistics differ from level to level."""
+    if norm in ("BN", "SyncBN"):
+        bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
+        return CycleBatchNormList(length=num_levels, bn_class=bn_class, num_features=channels)
+    return get_norm(norm, channels)
+
+
+def _subnet(in_channels: int, conv_dims: List[int], norm: str, num_levels: int) -> nn.Sequential:
     layers = []
     for out_channels in conv_dims:
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1))
         if norm:
-            layers.append(get_norm(norm, out_channels))
+            layers.append(_norm_layer(norm, out_channels, num_levels))
         layers.append(nn.ReLU())
         in_channels = out_channels
     return nn.Sequential(*layers)
@@ -41,7 +48,8 @@ def _subnet(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
 class RetinaNetPluginHead(nn.Module):
     """Class subnet and box subnet of the paper, shared across levels and not with each other.
 
-    Each subnet is ``len(conv_dims)`` (4) 3x3 convs with ReLU (and an optional norm such as ``"GN"``),
+    Each subnet is ``len(conv_dims)`` (4) 3x3 convs with ReLU (and an optional norm: ``"GN"`` shared across
+    levels, or ``"BN"``/``"SyncBN"`` with statistics per level),
     followed by a 3x3 conv predicting A*K class logits or A*4 box deltas per location. Conv weights
     start from N(0, 0.01) with zero bias, except the class bias, -log((1 - prior) / prior), so that every
     anchor starts with a foreground probability of ``prior_prob``. Module names match Detectron2's
@@ -64,14 +72,12 @@ class RetinaNetPluginHead(nn.Module):
             raise ValueError(f"all levels must have the same channels, got {[s.channels for s in input_shape]}")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"MODEL.RETINANET.PRIOR_PROB must be in (0, 1), got {prior_prob}")
-        if norm in ("BN", "SyncBN"):
-            logger.warning("A BatchNorm shared across pyramid levels may train poorly in the RetinaNet head; prefer GN.")
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         in_channels = input_shape[0].channels
         last_dim = conv_dims[-1] if conv_dims else in_channels
-        self.cls_subnet = _subnet(in_channels, conv_dims, norm)
-        self.bbox_subnet = _subnet(in_channels, conv_dims, norm)
+        self.cls_subnet = _subnet(in_channels, conv_dims, norm, len(input_shape))
+        self.bbox_subnet = _subnet(in_channels, conv_dims, norm, len(input_shape))
         self.cls_score = nn.Conv2d(last_dim, num_anchors * num_classes, kernel_size=3, stride=1, padding=1)
         self.bbox_pred = nn.Conv2d(last_dim, num_anchors * 4, kernel_size=3, stride=1, padding=1)
         for module in self.modules():
