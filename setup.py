@@ -37,15 +37,17 @@ def _cuda_home():
     return None
 
 
-def _default_arch_list(nvcc):
-    """Every real architecture from sm_75 up that this nvcc can target, as TORCH_CUDA_ARCH_LIST."""
-    out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
-    archs = sorted({int(a.split("_")[1]) for a in out if a.startswith("compute_")})
+def _default_gencode_flags(nvcc):
+    """nvcc -gencode flags for every real architecture from sm_75 up that this nvcc can target, plus PTX of the
+    newest (so later GPUs can JIT it). Given to nvcc directly rather than through TORCH_CUDA_ARCH_LIST, whose
+    parser in torch.utils.cpp_extension rejects architectures it does not list (e.g. CUDA 13's sm_88)."""
+    out = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True).stdout.split()
+    archs = sorted({int(a.split("_")[1]) for a in out if a.startswith("sm_") and a.split("_")[1].isdigit()})
     archs = [a for a in archs if a >= 75]
     if not archs:
-        return None
-    names = [f"{a // 10}.{a % 10}" for a in archs]
-    return ";".join(names[:-1] + [names[-1] + "+PTX"])
+        return []
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
 def get_extensions():
@@ -59,7 +61,8 @@ def get_extensions():
     use_cuda = bool(cuda_sources) and (
         os.environ.get("FORCE_CUDA", "0") == "1" or (cuda_home is not None and os.environ.get("FORCE_CUDA") != "0")
     )
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses).
+    extra_compile_args = {"cxx": ["-O3", "-std=c++20"]}
     define_macros = []
     extension = cpp_extension.CppExtension
     if use_cuda:
@@ -67,14 +70,12 @@ def get_extensions():
             raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit with lib64/libcudart.so was found; set CUDA_HOME")
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            arch_list = _default_arch_list(os.path.join(cuda_home, "bin", "nvcc"))
-            if arch_list:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
         extension = cpp_extension.CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra_compile_args["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # else torch turns TORCH_CUDA_ARCH_LIST into flags
+            extra_compile_args["nvcc"] += _default_gencode_flags(os.path.join(cuda_home, "bin", "nvcc"))
     print(f"retinanet_plugin: building _C with {'CPU+CUDA' if use_cuda else 'CPU only'} kernels")
     return [
         extension(

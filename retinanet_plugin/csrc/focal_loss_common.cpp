@@ -1,0 +1,110 @@
+// Argument checks and helpers shared by the CPU and CUDA focal loss ops.
+#include "focal_loss.h"
+
+#include <ATen/Version.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace retinanet_plugin {
+
+FocalLossParams make_focal_loss_params(double gamma, double alpha) {
+  FocalLossParams params;
+  params.gamma = gamma;
+  params.gamma_is_two = gamma == 2.0;
+  const bool weighted = alpha >= 0;
+  params.weight_positive = weighted ? alpha : 1.0;
+  params.weight_negative = weighted ? 1.0 - alpha : 1.0;
+  return params;
+}
+
+static Reduction parse_reduction(const char* op_name, c10::string_view reduction) {
+  if (reduction == "none") {
+    return Reduction::None;
+  }
+  if (reduction == "sum") {
+    return Reduction::Sum;
+  }
+  if (reduction == "mean") {
+    return Reduction::Mean;
+  }
+  TORCH_CHECK_VALUE(false, op_name, ": reduction must be one of 'none', 'sum', 'mean', got '", std::string(reduction), "'");
+}
+
+Reduction check_focal_loss_args(
+    const char* op_name,
+    const at::Tensor& logits,
+    const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer,
+    double gamma,
+    c10::string_view reduction) {
+  TORCH_CHECK(logits.dim() == 2, op_name, ": logits must be 2-D [N, K], got shape ", logits.sizes());
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+      op_name, ": logits must be float32, float64, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(
+      labels.dim() == 1 && labels.size(0) == logits.size(0), op_name, ": labels must be 1-D [N] with N = ",
+      logits.size(0), " (the rows of logits), got shape ", labels.sizes());
+  TORCH_CHECK(
+      labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt, op_name,
+      ": labels must be int64 or int32 (0..K-1 positive class, K background, -1 ignored), got ", labels.scalar_type());
+  TORCH_CHECK(
+      labels.device() == logits.device(), op_name, ": labels are on ", labels.device(), " but logits are on ",
+      logits.device());
+  if (normalizer.has_value()) {
+    const at::Tensor& norm = *normalizer;
+    TORCH_CHECK(
+        norm.numel() == 1 && norm.dim() <= 1, op_name, ": normalizer must be a 0-dim tensor (or a float), got shape ",
+        norm.sizes());
+    TORCH_CHECK(
+        norm.device() == logits.device() || norm.device().is_cpu(), op_name, ": normalizer is on ", norm.device(),
+        " but logits are on ", logits.device(), "; put it on the logits' device (or the CPU)");
+    TORCH_CHECK(
+        !norm.is_complex() && norm.scalar_type() != at::kBool, op_name, ": normalizer must be a real number, got ",
+        norm.scalar_type());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0, op_name, ": gamma must be finite and >= 0, got ", gamma);
+  return parse_reduction(op_name, reduction);
+}
+
+void check_focal_loss_grad(const char* op_name, const at::Tensor& grad, const at::Tensor& logits, Reduction reduction) {
+  TORCH_CHECK(grad.device() == logits.device(), op_name, ": grad is on ", grad.device(), " but logits are on ", logits.device());
+  TORCH_CHECK(grad.is_floating_point(), op_name, ": grad must be a floating point tensor, got ", grad.scalar_type());
+  if (reduction == Reduction::None) {
+    TORCH_CHECK(
+        grad.sizes() == logits.sizes(), op_name, ": for reduction='none' grad must have the logits' shape ",
+        logits.sizes(), ", got ", grad.sizes());
+  } else {
+    TORCH_CHECK(
+        grad.numel() == 1 && grad.dim() <= 1, op_name, ": for reduction='sum'/'mean' grad must be a 0-dim tensor, got shape ",
+        grad.sizes());
+  }
+}
+
+at::ScalarType focal_loss_accumulate_type(at::ScalarType logits_dtype) {
+  return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor with_unit_column_stride(const at::Tensor& logits) {
+  if (logits.size(1) <= 1 || logits.stride(1) == 1) {
+    return logits;
+  }
+  return logits.contiguous();
+}
+
+void throw_bad_label(int64_t row, int64_t label, int64_t num_classes) {
+  TORCH_CHECK_INDEX(
+      false, "sigmoid_focal_loss: labels must be in [-1, K] = [-1, ", num_classes,
+      "] (0..K-1 positive class, K background, -1 ignored); row ", row, " has label ", label);
+}
+
+bool built_with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace retinanet_plugin

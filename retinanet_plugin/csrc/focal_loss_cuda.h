@@ -1,0 +1,59 @@
+// Launchers of the CUDA focal loss kernels (focal_loss_cuda.cu). Plain types only, so the .cu file needs no
+// ATen headers and compiles quickly for every architecture; focal_loss_cuda_ops.cpp does the ATen side.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace retinanet_plugin {
+namespace cuda {
+
+enum class LogitsType : int { Float32, Float64, Float16, BFloat16 };
+
+// One call's inputs. "acc" below is the accumulation type: double for Float64 logits, float otherwise.
+struct Problem {
+  const void* logits = nullptr;  // [rows, cols], any strides
+  LogitsType type = LogitsType::Float32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;
+  int64_t col_stride = 1;
+  const void* labels = nullptr;  // [rows] int32 or int64, any stride
+  bool labels_int32 = false;
+  int64_t label_stride = 1;
+  double gamma = 2.0;
+  double weight_positive = 0.25;
+  double weight_negative = 0.75;
+  bool gamma_is_two = true;
+  const void* normalizer = nullptr;  // one acc value on the device, or nullptr
+  double divisor = 1.0;              // the result is divided by divisor * normalizer
+  int max_blocks = 1;                // grid cap (multiprocessors * resident blocks per multiprocessor)
+  cudaStream_t stream = nullptr;
+};
+
+// Number of blocks of the reduced forward, i.e. of partial sums it needs.
+int reduce_grid_size(const Problem& problem);
+
+// loss [rows, cols] acc, contiguous: the per-element loss / (divisor * normalizer); 0 on ignored rows.
+cudaError_t launch_forward_elementwise(const Problem& problem, void* loss);
+
+// loss: one acc value = sum (or mean over non-ignored elements) / (divisor * normalizer). partial_sums (acc) and
+// partial_counts hold reduce_grid_size() entries; a second single-block kernel adds them in a fixed order.
+cudaError_t launch_forward_reduce(
+    const Problem& problem, bool mean, void* partial_sums, int64_t* partial_counts, void* loss);
+
+// grad_logits [rows, cols] in the logits type, contiguous. grad (acc): one value for sum/mean, or [rows, cols]
+// with the given strides when grad_elementwise (reduction "none"). valid_rows: the number of non-ignored rows
+// on the device for mean, nullptr otherwise.
+cudaError_t launch_backward(
+    const Problem& problem,
+    const void* grad,
+    bool grad_elementwise,
+    int64_t grad_row_stride,
+    int64_t grad_col_stride,
+    const int64_t* valid_rows,
+    void* grad_logits);
+
+}  // namespace cuda
+}  // namespace retinanet_plugin

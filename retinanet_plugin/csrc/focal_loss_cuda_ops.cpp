@@ -1,0 +1,170 @@
+// The CUDA focal loss ops, ATen side: checks, allocation on the caching allocator, the normaliser kept on the
+// device (no host synchronisation anywhere, so the op can be captured in a CUDA graph), kernel launches.
+// In a build without CUDA these ops raise an error that says how to rebuild.
+#include "focal_loss.h"
+
+#include <c10/util/Exception.h>
+
+#ifdef WITH_CUDA
+#include "focal_loss_cuda.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace retinanet_plugin {
+
+#ifdef WITH_CUDA
+namespace {
+
+cuda::LogitsType logits_type(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return cuda::LogitsType::Float32;
+    case at::kDouble:
+      return cuda::LogitsType::Float64;
+    case at::kHalf:
+      return cuda::LogitsType::Float16;
+    case at::kBFloat16:
+      return cuda::LogitsType::BFloat16;
+    default:
+      TORCH_CHECK(false, "sigmoid_focal_loss: unsupported logits dtype ", dtype);
+  }
+}
+
+// Blocks of 256 threads that fit on the device at once: the grid cap of the kernels.
+int resident_blocks(int device) {
+  int multiprocessors = 0;
+  int threads_per_multiprocessor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_multiprocessor, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  return multiprocessors * std::max(1, threads_per_multiprocessor / 256);
+}
+
+// The problem description; `normalizer_on_device` must outlive the launches.
+cuda::Problem make_problem(
+    const at::Tensor& logits,
+    const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer,
+    double gamma,
+    double alpha,
+    double divisor,
+    at::Tensor& normalizer_on_device) {
+  const FocalLossParams params = make_focal_loss_params(gamma, alpha);
+  cuda::Problem p;
+  p.logits = logits.const_data_ptr();
+  p.type = logits_type(logits.scalar_type());
+  p.rows = logits.size(0);
+  p.cols = logits.size(1);
+  p.row_stride = logits.stride(0);
+  p.col_stride = logits.stride(1);
+  p.labels = labels.const_data_ptr();
+  p.labels_int32 = labels.scalar_type() == at::kInt;
+  p.label_stride = labels.stride(0);
+  p.gamma = params.gamma;
+  p.weight_positive = params.weight_positive;
+  p.weight_negative = params.weight_negative;
+  p.gamma_is_two = params.gamma_is_two;
+  p.divisor = divisor;
+  if (normalizer.has_value()) {
+    if (normalizer->device().is_cpu()) {
+      p.divisor *= normalizer->item<double>();  // a host value: reading it does not wait for the GPU
+    } else {
+      normalizer_on_device = normalizer->reshape({}).to(focal_loss_accumulate_type(logits.scalar_type())).contiguous();
+      p.normalizer = normalizer_on_device.const_data_ptr();
+    }
+  }
+  p.max_blocks = resident_blocks(logits.get_device());
+  p.stream = c10::cuda::getCurrentCUDAStream(logits.get_device()).stream();
+  return p;
+}
+
+}  // namespace
+
+at::Tensor sigmoid_focal_loss_cuda(
+    const at::Tensor& logits,
+    const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer,
+    double gamma,
+    double alpha,
+    c10::string_view reduction,
+    double divisor) {
+  const Reduction mode = check_focal_loss_args("sigmoid_focal_loss", logits, labels, normalizer, gamma, reduction);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto acc_options = logits.options().dtype(focal_loss_accumulate_type(logits.scalar_type()));
+  at::Tensor normalizer_on_device;
+  const cuda::Problem p = make_problem(logits, labels, normalizer, gamma, alpha, divisor, normalizer_on_device);
+  if (mode == Reduction::None) {
+    at::Tensor loss = at::empty({p.rows, p.cols}, acc_options);
+    C10_CUDA_CHECK(cuda::launch_forward_elementwise(p, loss.data_ptr()));
+    return loss;
+  }
+  const int blocks = cuda::reduce_grid_size(p);
+  at::Tensor partial_sums = at::empty({blocks}, acc_options);
+  at::Tensor partial_counts = at::empty({blocks}, logits.options().dtype(at::kLong));
+  at::Tensor loss = at::empty({}, acc_options);
+  C10_CUDA_CHECK(cuda::launch_forward_reduce(
+      p, mode == Reduction::Mean, partial_sums.data_ptr(), partial_counts.data_ptr<int64_t>(), loss.data_ptr()));
+  return loss;
+}
+
+at::Tensor sigmoid_focal_loss_backward_cuda(
+    const at::Tensor& grad,
+    const at::Tensor& logits,
+    const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer,
+    double gamma,
+    double alpha,
+    c10::string_view reduction,
+    double divisor) {
+  const char* op_name = "sigmoid_focal_loss_backward";
+  const Reduction mode = check_focal_loss_args(op_name, logits, labels, normalizer, gamma, reduction);
+  check_focal_loss_grad(op_name, grad, logits, mode);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::ScalarType acc_type = focal_loss_accumulate_type(logits.scalar_type());
+  at::Tensor normalizer_on_device;
+  const cuda::Problem p = make_problem(logits, labels, normalizer, gamma, alpha, divisor, normalizer_on_device);
+  const at::Tensor upstream = mode == Reduction::None ? grad.to(acc_type) : grad.reshape({}).to(acc_type).contiguous();
+  at::Tensor valid_rows;  // on the device: mean divides by (non-ignored rows) * K without a host read
+  if (mode == Reduction::Mean) {
+    valid_rows = labels.ge(0).sum().to(at::kLong);
+  }
+  at::Tensor grad_logits = at::empty({p.rows, p.cols}, logits.options());
+  const bool elementwise = mode == Reduction::None;
+  C10_CUDA_CHECK(cuda::launch_backward(
+      p, upstream.const_data_ptr(), elementwise, elementwise ? upstream.stride(0) : 0, elementwise ? upstream.stride(1) : 0,
+      valid_rows.defined() ? valid_rows.const_data_ptr<int64_t>() : nullptr, grad_logits.data_ptr()));
+  return grad_logits;
+}
+
+#else  // built without CUDA
+
+static const char* kBuiltWithoutCuda =
+    "retinanet_plugin._C was built without CUDA kernels, so sigmoid_focal_loss cannot run on a CUDA tensor. "
+    "Rebuild it with a CUDA toolkit: `FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .` "
+    "in the retinanet_plugin folder (TORCH_CUDA_ARCH_LIST selects the GPU architectures), or move the tensors to "
+    "the CPU, or set MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL to 'reference'";
+
+at::Tensor sigmoid_focal_loss_cuda(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double, c10::string_view, double) {
+  TORCH_CHECK(false, kBuiltWithoutCuda);
+}
+
+at::Tensor sigmoid_focal_loss_backward_cuda(
+    const at::Tensor&,
+    const at::Tensor&,
+    const at::Tensor&,
+    const std::optional<at::Tensor>&,
+    double,
+    double,
+    c10::string_view,
+    double) {
+  TORCH_CHECK(false, kBuiltWithoutCuda);
+}
+
+#endif  // WITH_CUDA
+
+}  // namespace retinanet_plugin
