@@ -216,9 +216,10 @@ class RetinaNetPlugin(DenseDetector):
             gamma=self.focal_loss_gamma,
             alpha=self.focal_loss_alpha,
             reduction="sum",
+            normalizer=normalizer,
         )
         loss_box_reg = self._box_loss(anchors, deltas, gt_boxes, foreground)
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
     def _box_loss(self, anchors: List[Boxes], deltas: List[Tensor], gt_boxes: Tensor, foreground: Tensor) -> Tensor:
         """Summed box regression loss over foreground anchors only (no [N, R, 4] target tensor is built)."""
