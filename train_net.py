@@ -11,15 +11,15 @@ asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
 import logging
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import retinanet_plugin
 from retinanet_plugin.data import check_dataset_files
-from retinanet_plugin.engine import RetinaNetPluginTrainer
+from retinanet_plugin.engine import CheckedDetectionCheckpointer, RetinaNetPluginTrainer
 
 logger = logging.getLogger("retinanet_plugin")
 
@@ -34,6 +34,8 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    # the plugin's own log lines (data fix-ups, resume fallbacks) go to the console and OUTPUT_DIR/log.txt too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_plugin")
     if cpu_fallback:
         logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
     return cfg
@@ -44,7 +46,8 @@ def main(args):
     check_dataset_files(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     if args.eval_only:
         model = RetinaNetPluginTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = CheckedDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = RetinaNetPluginTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -37,7 +37,7 @@ def run(args, datasets_root, timeout=600):
 
 
 def train(out_dir, datasets_root, *extra, num_gpus=1, resume=False):
-    args = ["train_net.py", "--config-file", CONFIG, "--num-gpus", str(num_gpus)]
+    args = ["train_net.py", "--config-file", CONFIG, "--num-gpus", str(num_gpus), "--dist-url", "auto"]
     if resume:
         args.append("--resume")
     proc = run(args + TINY + ["OUTPUT_DIR", str(out_dir), *extra], datasets_root)
@@ -73,6 +73,7 @@ def test_one_process_trains_checkpoints_and_evaluates(trained_one_process):
         assert os.path.isfile(os.path.join(out, name)), name
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")], "a temporary checkpoint file was left behind"
+    assert os.stat(out / "model_final.pth").st_mode & 0o044 == 0o044  # readable like any file the user writes
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 3 and {"model", "trainer"} <= set(ckpt)
     assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]

@@ -13,10 +13,21 @@ from .synthetic_shapes import (
     ensure_synthetic_shapes,
     register_synthetic_shapes,
 )
+from .validation import (
+    CheckedDatasetMapper,
+    DatasetValidationError,
+    UnreadableImageError,
+    load_checked_dataset_dicts,
+    read_image_checked,
+    validate_dataset_dicts,
+)
 
 register_synthetic_shapes()
 
 __all__ = [
+    "CheckedDatasetMapper",
+    "DatasetValidationError",
+    "UnreadableImageError",
     "SYNTHETIC_SHAPES_CLASSES",
     "SYNTHETIC_SHAPES_NUM_CLASSES",
     "SYNTHETIC_SHAPES_TRAIN",
@@ -25,5 +36,8 @@ __all__ = [
     "check_dataset_files",
     "default_synthetic_shapes_root",
     "ensure_synthetic_shapes",
+    "load_checked_dataset_dicts",
+    "read_image_checked",
     "register_synthetic_shapes",
+    "validate_dataset_dicts",
 ]

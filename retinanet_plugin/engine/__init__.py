@@ -1,5 +1,16 @@
-"""Training utilities: the trainer and an atomic checkpointer."""
+"""Training utilities: the trainer, its checkpointers and its guards against non-finite losses and weights."""
+from .checked_checkpointer import CheckedDetectionCheckpointer, CheckpointMismatchError, CheckpointReadError
 from .checkpointer import AtomicDetectionCheckpointer
+from .hooks import NonFiniteLossError, NonFiniteWeightsError
 from .trainer import RetinaNetPluginTrainer, wrap_for_distributed
 
-__all__ = ["AtomicDetectionCheckpointer", "RetinaNetPluginTrainer", "wrap_for_distributed"]
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "CheckedDetectionCheckpointer",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
+    "RetinaNetPluginTrainer",
+    "wrap_for_distributed",
+]

@@ -5,14 +5,17 @@ import weakref
 
 import torch
 
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .checkpointer import AtomicDetectionCheckpointer
+from ..data.validation import CheckedDatasetMapper, load_checked_dataset_dicts
+from .checked_checkpointer import CheckedDetectionCheckpointer
+from .hooks import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, finite_weights_checkpointer_hooks
 
 
 def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
@@ -25,9 +28,13 @@ def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class RetinaNetPluginTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with three changes: DDP also works on CPU processes (``--num-gpus N`` without GPUs
+    """``DefaultTrainer`` with these changes: DDP also works on CPU processes (``--num-gpus N`` without GPUs
     runs N CPU workers over GLOO), checkpoints are written atomically, and evaluation uses
-    ``COCOEvaluator(use_fast_impl=False)``, which needs no compiled Detectron2 extension."""
+    ``COCOEvaluator(use_fast_impl=False)``, which needs no compiled Detectron2 extension. For reliability
+    (``retinanet_plugin.data.validation``, ``.hooks``, ``.checked_checkpointer``): the data loaders check and
+    repair the dataset dicts and read images with clear errors; a non-finite loss term stops training naming it;
+    no checkpoint of non-finite weights is written; unreadable checkpoints are named, and ``--resume`` falls back
+    to the newest readable one."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -38,14 +45,28 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_for_distributed(model)
-        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossSimpleTrainer
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CheckedDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        return finite_weights_checkpointer_hooks(super().build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        dataset = load_checked_dataset_dicts(cfg, cfg.DATASETS.TRAIN, is_train=True)
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True), dataset=dataset)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        dataset = load_checked_dataset_dicts(cfg, dataset_name, is_train=False)
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
