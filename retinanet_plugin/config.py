@@ -34,5 +34,8 @@ def add_retinanet_plugin_config(cfg):
     # Classification loss implementation: "op" (the custom sigmoid focal loss kernel, retinanet_plugin._C)
     # or "reference" (the composite PyTorch expression on a one-hot target, as fvcore writes it).
     node.FOCAL_LOSS_IMPL = "op"
+    # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM, NESTEROV) or
+    # "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*, BIAS_LR_FACTOR and CLIP_GRADIENTS.
+    node.OPTIMIZER = "SGD"
     cfg.MODEL.RETINANET_PLUGIN = node
     return cfg

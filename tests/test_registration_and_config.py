@@ -146,3 +146,23 @@ def test_bad_config_values_name_the_key(small_cfg, key, value, message):
     cfg = small_cfg(**{key: value})
     with pytest.raises(ValueError, match=re.escape(message)):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("name,expected", [("SGD", torch.optim.SGD), ("AdamW", torch.optim.AdamW)])
+def test_trainer_optimizer_choice(small_cfg, name, expected):
+    from retinanet_plugin.engine import RetinaNetPluginTrainer
+
+    cfg = small_cfg(**{"MODEL.RETINANET_PLUGIN.OPTIMIZER": name, "SOLVER.BASE_LR": 0.003})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    optimizer = RetinaNetPluginTrainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, expected)
+    assert all(group["lr"] == 0.003 for group in optimizer.param_groups)
+    # norm parameters get SOLVER.WEIGHT_DECAY_NORM (0 by default), convs SOLVER.WEIGHT_DECAY
+    assert sorted({group["weight_decay"] for group in optimizer.param_groups}) == [0.0, cfg.SOLVER.WEIGHT_DECAY]
+
+
+def test_trainer_rejects_unknown_optimizer(small_cfg):
+    from retinanet_plugin.engine import RetinaNetPluginTrainer
+
+    with pytest.raises(ValueError, match="MODEL.RETINANET_PLUGIN.OPTIMIZER"):
+        RetinaNetPluginTrainer.build_optimizer(small_cfg(**{"MODEL.RETINANET_PLUGIN.OPTIMIZER": "Adam"}), torch.nn.Linear(2, 2))

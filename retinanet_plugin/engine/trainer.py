@@ -10,6 +10,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -67,6 +68,24 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         dataset = load_checked_dataset_dicts(cfg, dataset_name, is_train=False)
         mapper = CheckedDatasetMapper(cfg, is_train=False)
         return build_detection_test_loader(dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, or AdamW, as ``MODEL.RETINANET_PLUGIN.OPTIMIZER`` says."""
+        name = cfg.MODEL.RETINANET_PLUGIN.OPTIMIZER
+        if name == "SGD":
+            return DefaultTrainer.build_optimizer(cfg, model)
+        if name != "AdamW":
+            raise ValueError(f"MODEL.RETINANET_PLUGIN.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, optimizer)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
