@@ -178,3 +178,22 @@ def test_anchor_grid_cache_is_bounded(small_cfg):
     for size in range(8, 8 + 3 * gen.GRID_CACHE_SIZE):
         gen([torch.zeros(1, 1, size, size)] * 5)
     assert len(gen._grid_cache) == gen.GRID_CACHE_SIZE
+
+
+@pytest.mark.parametrize("loss_type", ["giou", "diou", "ciou"])
+def test_iou_box_losses_match_detectron2_dense_loss(small_cfg, loss_type):
+    """The plugin's foreground-only box loss equals Detectron2's _dense_box_regression_loss for each loss type."""
+    from detectron2.modeling.box_regression import _dense_box_regression_loss
+
+    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
+                                     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": loss_type}))
+    g = torch.Generator().manual_seed(3)
+    anchors = [Boxes(torch.tensor([[0.0, 0, 20, 20], [10, 10, 50, 40], [30, 5, 60, 70]])), Boxes(torch.tensor([[0.0, 0, 64, 64]]))]
+    deltas = [torch.randn(2, 3, 4, generator=g) * 0.2, torch.randn(2, 1, 4, generator=g) * 0.2]
+    gt_boxes = torch.tensor([[2.0, 1, 22, 18], [12, 8, 47, 44], [28, 6, 64, 66], [4, 2, 60, 58]]).expand(2, 4, 4).clone()
+    foreground = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    ours = model._box_loss(anchors, deltas, gt_boxes, foreground)
+    theirs = _dense_box_regression_loss(anchors, model.box2box_transform, deltas, list(gt_boxes), foreground,
+                                        box_reg_loss_type=loss_type)
+    assert ours.item() > 0
+    torch.testing.assert_close(ours, theirs)
