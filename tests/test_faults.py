@@ -178,8 +178,10 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
     loaded_optimizer = trainer.optimizer.state_dict()
     assert loaded_optimizer["param_groups"] == saved_optimizer["param_groups"]
     assert saved_optimizer["state"].keys() == loaded_optimizer["state"].keys() and saved_optimizer["state"]
-    for index, state in saved_optimizer["state"].items():
-        assert torch.equal(loaded_optimizer["state"][index]["momentum_buffer"], state["momentum_buffer"]), index
+    for index, state in saved_optimizer["state"].items():  # momentum buffers (SGD) or moments and steps (AdamW)
+        assert state.keys() == loaded_optimizer["state"][index].keys(), index
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(loaded_optimizer["state"][index][key]), torch.as_tensor(value)), (index, key)
     assert trainer.scheduler.state_dict() == checkpoint["trainer"]["hooks"]["LRScheduler"]
     assert trainer.scheduler.last_epoch == resumed_from + 1
     for name, value in trainer.model.state_dict().items():

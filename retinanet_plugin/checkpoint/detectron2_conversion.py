@@ -9,12 +9,13 @@ from the shapes, and say what they dropped and why.
 import logging
 import os
 import pickle
-import uuid
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ..utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +211,4 @@ def load_detectron2_checkpoint(path: str) -> Dict[str, Any]:
 def save_plugin_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str, **extra) -> None:
     """Write ``{"model": state_dict, **extra}`` with ``torch.save`` through a temporary file beside ``path``
     and a rename, so ``path`` is either the previous file or the complete new one, never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as f:  # ordinary permissions (umask), unlike mkstemp's 0600
-            torch.save({"model": OrderedDict(state_dict), **extra}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save({"model": OrderedDict(state_dict), **extra}, f))
