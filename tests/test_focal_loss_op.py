@@ -49,20 +49,10 @@ def _logits(num_rows, num_classes, generator, dtype=torch.float32, device="cpu",
 
 
 def _torchvision_focal_loss(logits, labels, gamma, alpha, reduction, normalizer):
-    """torchvision's composite loss on one-hot targets, in the logits' dtype (fp32 for fp16/bf16)."""
-    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    num_classes = logits.shape[1]
-    valid = labels >= 0
-    targets = F.one_hot(labels.clamp(min=0).long(), num_classes + 1)[:, :num_classes].to(compute)
-    loss = torchvision.ops.sigmoid_focal_loss(logits.to(compute), targets, alpha, gamma, "none")
-    loss = loss * valid.unsqueeze(1).to(compute)
-    if reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "mean":
-        loss = loss.sum() / (valid.sum() * num_classes).clamp(min=1)
-    if normalizer is not None:
-        loss = loss / normalizer
-    return loss
+    """torchvision's composite loss on one-hot targets, in fp32 (fp64 for fp64 logits)."""
+    return sigmoid_focal_loss_reference(
+        logits, labels, gamma, alpha, reduction, normalizer, composite=torchvision.ops.sigmoid_focal_loss
+    )
 
 
 def _loss_and_grad(fn, logits, labels, upstream, **kwargs):

@@ -1,5 +1,5 @@
 """The composite PyTorch sigmoid focal loss, kept as the reference and as a fallback for the op."""
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from fvcore.nn import sigmoid_focal_loss
@@ -14,6 +14,7 @@ def sigmoid_focal_loss_reference(
     alpha: float = 0.25,
     reduction: str = "sum",
     normalizer: Optional[Union[torch.Tensor, float]] = None,
+    composite: Callable[..., torch.Tensor] = sigmoid_focal_loss,
 ) -> torch.Tensor:
     """Sigmoid focal loss from integer labels, computed the way Detectron2 does (one-hot + fvcore).
 
@@ -23,6 +24,8 @@ def sigmoid_focal_loss_reference(
         gamma, alpha: focal loss parameters (alpha < 0 disables the alpha weighting).
         reduction: "none" ([N, K], zero on ignored rows), "sum", or "mean" (over the non-ignored elements).
         normalizer: optional scalar the result is divided by (e.g. the number of foreground anchors).
+        composite: the elementwise loss on one-hot targets, ``f(inputs, targets, alpha, gamma, "none")``:
+            fvcore's (Detectron2's choice), or e.g. ``torchvision.ops.sigmoid_focal_loss``.
     Returns:
         The loss, in the dtype fvcore returns (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
     """
@@ -32,7 +35,7 @@ def sigmoid_focal_loss_reference(
     valid = labels >= 0
     targets = torch.nn.functional.one_hot(labels.clamp(min=0), num_classes + 1)[:, :num_classes]
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    loss = sigmoid_focal_loss(logits.to(compute_dtype), targets.to(compute_dtype), alpha, gamma, "none")
+    loss = composite(logits.to(compute_dtype), targets.to(compute_dtype), alpha, gamma, "none")
     loss = loss * valid.unsqueeze(1).to(compute_dtype)
     if reduction == "sum":
         loss = loss.sum()
