@@ -8,7 +8,6 @@ then give the source model's detections.
 """
 import importlib.util
 import logging
-import math
 import os
 import pickle
 import subprocess
@@ -20,11 +19,11 @@ import torch
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 import retinanet_plugin
 from retinanet_plugin.checkpoint import convert_detectron2_retinanet_state_dict, load_detectron2_checkpoint
+from sane_random_weights import make_weights_sane  # a helper beside the tests
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_detectron2_retinanet.py"
@@ -74,40 +73,9 @@ def inputs():
     return [{"image": image} for image in images]
 
 
-@torch.no_grad()
 def randomize(model, generator):
-    """Every weight random (no zero biases, no default FrozenBN statistics), outputs in a normal range.
-
-    FrozenBN statistics are set from each layer's input in one calibration pass; head convs are He-scaled
-    and the class logits spread around a low prior so that there are many detections.
-    """
-
-    def calibrate(module, args):
-        module.running_mean.copy_(args[0].mean(dim=(0, 2, 3)))
-        module.running_var.copy_(args[0].var(dim=(0, 2, 3)))
-
-    hooks = []
-    for module in model.backbone.bottom_up.modules():
-        if isinstance(module, FrozenBatchNorm2d):
-            module.weight.uniform_(0.5, 1.0, generator=generator)
-            module.bias.uniform_(-0.2, 0.2, generator=generator)
-            hooks.append(module.register_forward_pre_hook(calibrate))
-    for name, param in model.backbone.named_parameters():
-        if name.endswith(".bias"):  # FPN and P6/P7 biases start at zero
-            param.uniform_(-0.1, 0.1, generator=generator)
-    model.eval()
-    model.backbone(model.preprocess_image(inputs()).tensor)
-    for hook in hooks:
-        hook.remove()
-    head = model.head
-    for conv in [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]:
-        conv.weight.normal_(0.0, math.sqrt(2.0 / conv.weight[0].numel()), generator=generator)
-        conv.bias.uniform_(-0.1, 0.1, generator=generator)
-    fan_in = head.cls_score.weight[0].numel()
-    head.cls_score.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-    head.cls_score.weight.sub_(head.cls_score.weight.mean(dim=(1, 2, 3), keepdim=True))
-    head.cls_score.bias.normal_(-6.0, 0.3, generator=generator)
-    head.bbox_pred.weight.mul_(0.2 / math.sqrt(2.0))
+    """Every weight random (no zero biases, no default FrozenBN statistics), outputs in a normal range."""
+    make_weights_sane(model, inputs(), generator, randomize_backbone_biases=True)
 
 
 @pytest.fixture(scope="module")

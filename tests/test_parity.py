@@ -16,7 +16,6 @@ import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, Instances
@@ -26,6 +25,7 @@ import retinanet_plugin
 from retinanet_plugin.checkpoint import convert_detectron2_retinanet_state_dict
 from retinanet_plugin.layers import focal_loss_op_available
 from retinanet_plugin.modeling import RetinaNetPlugin
+from sane_random_weights import make_weights_sane  # a helper beside the tests
 
 PLUGIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retinanet_R50.yaml"
 DETECTRON2_CONFIG = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
@@ -102,45 +102,6 @@ def inference_batch():
     images = make_images()
     # The first image asks for a larger output resolution, so the rescaling of the boxes is compared too.
     return [{"image": images[0], "height": 240, "width": 336}, {"image": images[1]}]
-
-
-@torch.no_grad()
-def make_weights_sane(model, batched_inputs, generator):
-    """Random weights with outputs in a normal range.
-
-    FrozenBN layers get random affine parameters and statistics calibrated on ``batched_inputs`` in one
-    pass (each layer's pre-hook sets its mean/var from its actual input, so every layer sees normalised
-    features); head convs get He-scaled weights, and the class logits a spread around a low prior, so a few
-    percent of (anchor, class) pairs pass the 0.05 score threshold, of many classes.
-    """
-
-    def calibrate(module, args):
-        x = args[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    hooks = []
-    for module in model.backbone.bottom_up.modules():
-        if isinstance(module, FrozenBatchNorm2d):
-            module.weight.uniform_(0.5, 1.0, generator=generator)
-            module.bias.uniform_(-0.2, 0.2, generator=generator)
-            hooks.append(module.register_forward_pre_hook(calibrate))
-    model.eval()
-    model.backbone(model.preprocess_image(batched_inputs).tensor)
-    for hook in hooks:
-        hook.remove()
-
-    head = model.head
-    for conv in [m for m in list(head.cls_subnet) + list(head.bbox_subnet) if isinstance(m, torch.nn.Conv2d)]:
-        conv.weight.normal_(0.0, math.sqrt(2.0 / conv.weight[0].numel()), generator=generator)
-        conv.bias.uniform_(-0.1, 0.1, generator=generator)
-    fan_in = head.cls_score.weight[0].numel()
-    head.cls_score.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-    # Zero-mean filters: the (positive, post-ReLU) mean feature would otherwise favour a few classes everywhere.
-    head.cls_score.weight.sub_(head.cls_score.weight.mean(dim=(1, 2, 3), keepdim=True))
-    head.cls_score.bias.normal_(-6.0, 0.3, generator=generator)
-    head.bbox_pred.weight.normal_(0.0, 0.2 / math.sqrt(fan_in), generator=generator)
-    head.bbox_pred.bias.uniform_(-0.05, 0.05, generator=generator)
 
 
 _DETECTRON2_MODELS = {}
