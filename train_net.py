@@ -30,14 +30,18 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    amp_off = cpu_fallback and cfg.SOLVER.AMP.ENABLED
     if cpu_fallback:
         cfg.MODEL.DEVICE = "cpu"
+        cfg.SOLVER.AMP.ENABLED = False  # Detectron2's AMPTrainer needs CUDA
     cfg.freeze()
     default_setup(cfg, args)
     # the plugin's own log lines (data fix-ups, resume fallbacks) go to the console and OUTPUT_DIR/log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_plugin")
     if cpu_fallback:
         logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
+    if amp_off:
+        logger.warning("SOLVER.AMP.ENABLED is set to False: mixed precision training needs a CUDA device.")
     return cfg
 
 

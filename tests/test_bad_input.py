@@ -207,12 +207,13 @@ def test_malformed_annotations_are_errors_naming_annotation_and_image(tmp_path):
         _ann([0.1, 0.1, 0.5, 0.5], mode=BoxMode.XYWH_REL, id=25),
         {"category_id": 0, "id": 26},
         _ann([1, 2, 3, 4], category_id=1.0),  # no id: named by its position
+        {"category_id": 0, "id": 27, "bbox": [1, 2, 3, 4]},  # no bbox_mode
     ]
     with pytest.raises(DatasetValidationError) as error:
         validate_dataset_dicts([_record(tmp_path / "a.png", 5, bad)], "malformed", num_classes=2)
     message = str(error.value)
     where = f"image id 5 ({tmp_path / 'a.png'})"
-    assert "Dataset 'malformed' cannot be used:" in message and "7 bad annotations" in message
+    assert "Dataset 'malformed' cannot be used:" in message and "8 bad annotations" in message
     for expected in (
         "annotation id 21 has bbox [1, 2, 3], not 4 numbers",
         "annotation id 22 has bbox [1.0, nan, 3.0, 4.0] with a NaN or infinite coordinate",
@@ -221,6 +222,7 @@ def test_malformed_annotations_are_errors_naming_annotation_and_image(tmp_path):
         "annotation id 25 has bbox_mode XYWH_REL; only XYWH_ABS and XYXY_ABS",
         "annotation id 26 has no bbox",
         "annotation #6 has category_id 1.0, not an integer",
+        "annotation id 27 has no bbox_mode",
     ):
         assert f"{where}: {expected}" in message
 

@@ -150,3 +150,21 @@ def test_missing_coco_files_give_a_clear_error(tmp_path):
                 "OUTPUT_DIR", str(tmp_path / "out")], tmp_path / "empty_datasets", timeout=120)
     assert proc.returncode != 0
     assert "DETECTRON2_DATASETS" in proc.stderr and "instances_train2017.json" in proc.stderr
+
+
+def test_cuda_config_falls_back_to_cpu_without_amp(tmp_path, monkeypatch):
+    import argparse
+    import importlib.util
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: there is no fallback to test")
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = argparse.Namespace(config_file=CONFIG, eval_only=False, num_gpus=1, num_machines=1, machine_rank=0,
+                              dist_url="auto", resume=False,
+                              opts=["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)])
+    cfg = train_net.setup(args)
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED is False
+    log = (tmp_path / "log.txt").read_text()
+    assert "running on the CPU" in log and "SOLVER.AMP.ENABLED is set to False" in log

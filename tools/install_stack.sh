@@ -8,7 +8,7 @@
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 HERE=$(cd "$(dirname "$0")" && pwd)
-"$PY" -m pip install --upgrade --quiet pip
+"$PY" -m pip install --quiet pip==26.3
 "$PY" -m pip install --quiet -r "$HERE/stack-requirements.txt"
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 "$PY" -m pip install --quiet --upgrade --no-deps --only-binary=:all: --python-version 3.10 \

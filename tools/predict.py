@@ -19,6 +19,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 import retinanet_plugin
+from retinanet_plugin.utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -54,7 +55,7 @@ def setup_cfg(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = "cpu"  # DefaultPredictor would fail on a machine without a GPU
     cfg.freeze()
     return cfg
 
@@ -71,6 +72,14 @@ def tile(images, columns=3):
     return canvas
 
 
+def write_png(path, rgb):
+    """Write an RGB uint8 image as PNG, atomically; an encoding failure is an error, not a silent no-op."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise RuntimeError(f"could not encode {path!r} as PNG")
+    atomic_write(path, lambda f: f.write(data.tobytes()))
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup_cfg(args)
@@ -81,32 +90,30 @@ def main(argv=None):
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     os.makedirs(args.output, exist_ok=True)
     drawn, records = [], []
-    for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    for index, path in enumerate(paths):
+        image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, which DefaultPredictor expects whatever INPUT.FORMAT is
         if image is None:
             raise ValueError(f"cannot read image {path!r}")
-        if cfg.INPUT.FORMAT == "RGB":
-            image = image[:, :, ::-1]
         instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= args.confidence_threshold]
-        rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
-        vis = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
-        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_pred.png")
-        cv2.imwrite(out_path, vis[:, :, ::-1])
+        vis = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances).get_image()
+        stem = os.path.splitext(os.path.basename(path))[0]
+        out_path = os.path.join(args.output, f"{index:04d}_{stem}_pred.png")  # unique even for equal file names
+        write_png(out_path, vis)
         drawn.append(vis)
         records.append(
             {
                 "file": path,
+                "drawn": out_path,
                 "boxes_xyxy": instances.pred_boxes.tensor.tolist(),
                 "scores": instances.scores.tolist(),
                 "classes": instances.pred_classes.tolist(),
             }
         )
         print(f"{path}: {len(instances)} detections -> {out_path}")
-    with open(os.path.join(args.output, "detections.json"), "w") as f:
-        json.dump(records, f, indent=1)
+    atomic_write(os.path.join(args.output, "detections.json"), lambda f: f.write(json.dumps(records, indent=1).encode()))
     if args.mosaic:
-        cv2.imwrite(args.mosaic, tile(drawn)[:, :, ::-1])
+        write_png(args.mosaic, tile(drawn))
         print(f"mosaic of {len(drawn)} images -> {args.mosaic}")
     return records
 

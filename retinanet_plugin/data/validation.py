@@ -22,6 +22,7 @@ category id not in a COCO json's categories  load  error naming the annotation i
                                                    (Detectron2's ``load_coco_json`` names only the category id)
 category id outside [0, #thing_classes)      load  error naming the annotation and the image
 bbox missing, not 4 numbers, NaN or inf      load  error naming the annotation and the image
+no ``bbox_mode``                             load  error naming the annotation and the image
 relative or rotated ``bbox_mode``            load  error naming the annotation and the image
 box partly outside the image                 load  clipped to the image; WARNING with the count and the image ids
 box entirely outside the image               load  dropped; WARNING with the count and the image ids
@@ -189,7 +190,9 @@ def _check_annotation(annotation: Any, num_classes: int, image_size: Optional[Tu
         return f"has bbox {bbox!r}, not 4 numbers", None
     if not all(math.isfinite(v) for v in values):
         return f"has bbox {values} with a NaN or infinite coordinate", None
-    mode = annotation.get("bbox_mode", BoxMode.XYWH_ABS)
+    if "bbox_mode" not in annotation:  # Detectron2's transforms read it: no silent default
+        return "has no bbox_mode (Detectron2's dataset dicts need one, e.g. BoxMode.XYWH_ABS)", None
+    mode = annotation["bbox_mode"]
     try:
         mode = BoxMode(mode)
     except ValueError:
