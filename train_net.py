@@ -10,38 +10,26 @@ asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
 """
 import logging
 
-import torch
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import retinanet_plugin
 from retinanet_plugin.data import check_dataset_files
-from retinanet_plugin.engine import CheckedDetectionCheckpointer, RetinaNetPluginTrainer
+from retinanet_plugin.engine import CheckedDetectionCheckpointer, RetinaNetPluginTrainer, config_from_file
 
 logger = logging.getLogger("retinanet_plugin")
 
 
 def setup(args):
     """Config from the YAML and the command-line overrides, with the plugin's keys; logging and output folder."""
-    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
-    amp_off = cpu_fallback and cfg.SOLVER.AMP.ENABLED
-    if cpu_fallback:
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.SOLVER.AMP.ENABLED = False  # Detectron2's AMPTrainer needs CUDA
+    cfg, warnings = config_from_file(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # the plugin's own log lines (data fix-ups, resume fallbacks) go to the console and OUTPUT_DIR/log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_plugin")
-    if cpu_fallback:
-        logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
-    if amp_off:
-        logger.warning("SOLVER.AMP.ENABLED is set to False: mixed precision training needs a CUDA device.")
+    for warning in warnings:
+        logger.warning(warning)
     return cfg
 
 

@@ -3,7 +3,6 @@
 ``get_config_file("retinanet_R50.yaml")`` gives the path of a shipped YAML (which a user YAML can name in
 its ``_BASE_``); ``get_config("retinanet_R50.yaml")`` gives a ``CfgNode`` with the plugin's keys added.
 """
-import os
 from pathlib import Path
 from typing import List
 

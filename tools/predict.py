@@ -12,13 +12,11 @@ import sys
 
 import cv2
 import numpy as np
-import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-import retinanet_plugin
+from retinanet_plugin.engine import config_from_file
 from retinanet_plugin.utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -51,11 +49,9 @@ def expand_inputs(patterns):
 
 
 def setup_cfg(args):
-    cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"  # DefaultPredictor would fail on a machine without a GPU
+    cfg, warnings = config_from_file(args.config_file, args.opts)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     cfg.freeze()
     return cfg
 

@@ -1,6 +1,7 @@
 """Training utilities: the trainer, its checkpointers and its guards against non-finite losses and weights."""
 from .checked_checkpointer import CheckedDetectionCheckpointer, CheckpointMismatchError, CheckpointReadError
 from .checkpointer import AtomicDetectionCheckpointer
+from .config_setup import config_from_file
 from .hooks import NonFiniteLossError, NonFiniteWeightsError
 from .trainer import RetinaNetPluginTrainer, wrap_for_distributed
 
@@ -12,5 +13,6 @@ __all__ = [
     "NonFiniteLossError",
     "NonFiniteWeightsError",
     "RetinaNetPluginTrainer",
+    "config_from_file",
     "wrap_for_distributed",
 ]

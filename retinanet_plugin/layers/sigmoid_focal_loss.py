@@ -57,7 +57,7 @@ def sigmoid_focal_loss(
     if logits.is_cuda and not _BUILT_WITH_CUDA:
         raise RuntimeError(
             "retinanet_plugin._C was built without CUDA kernels and got CUDA logits: rebuild with a CUDA toolkit "
-            f"(`FORCE_CUDA=1 pip install --no-build-isolation -e .`, TORCH_CUDA_ARCH_LIST picks the GPUs)"
+            "(`FORCE_CUDA=1 pip install --no-build-isolation -e .`, TORCH_CUDA_ARCH_LIST picks the GPUs)"
         )
     divisor = 1.0
     if normalizer is not None and not isinstance(normalizer, torch.Tensor):

@@ -1,0 +1,26 @@
+"""The config of a command-line run: the plugin's keys, a YAML, overrides, and a CPU fallback."""
+from typing import List, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_retinanet_plugin_config
+
+
+def config_from_file(config_file: str, opts: Sequence[str] = ()) -> Tuple[CfgNode, List[str]]:
+    """A Detectron2 config with the plugin's keys, merged from ``config_file`` and ``KEY VALUE`` overrides.
+
+    On a machine without CUDA, a config that asks for it runs on the CPU instead, with mixed precision off
+    (Detectron2's AMP trainer needs CUDA). Returns the (unfrozen) config and the warnings to log about it.
+    """
+    cfg = add_retinanet_plugin_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    warnings = []
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        warnings.append("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
+        if cfg.SOLVER.AMP.ENABLED:
+            cfg.SOLVER.AMP.ENABLED = False
+            warnings.append("SOLVER.AMP.ENABLED is set to False: mixed precision training needs a CUDA device.")
+    return cfg, warnings
