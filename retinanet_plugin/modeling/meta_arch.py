@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms, cat, ciou_loss, diou_loss
+from detectron2.layers import cat, ciou_loss, diou_loss
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -19,6 +19,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 
 from ..layers import focal_loss_op_available, sigmoid_focal_loss, sigmoid_focal_loss_reference
+from .detection_selection import select_detections
 from .head import build_retinanet_plugin_head
 
 logger = logging.getLogger(__name__)
@@ -241,32 +242,15 @@ class RetinaNetPlugin(DenseDetector):
         return self.inference(anchors, logits, deltas, images.image_sizes)
 
     def inference(self, anchors: List[Boxes], logits: List[Tensor], deltas: List[Tensor], image_sizes) -> List[Instances]:
-        """Per level, the top-k (anchor, class) pairs above the score threshold, for all images at once;
-        then per image, class-aware NMS over all levels and the best ``max_detections_per_image``.
-
-        Args:
-            logits, deltas: per level, [N, R_i, K] and [N, R_i, 4].
-        """
-        num_images = len(image_sizes)
-        per_image = [([], [], []) for _ in range(num_images)]
-        for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
-            scores = logits_l.detach().flatten(1).sigmoid()  # [N, R_i * K]
-            k = min(self.test_topk_candidates, scores.shape[1])
-            top_scores, top_idx = scores.topk(k, dim=1)  # sorted, best first
-            anchor_idx = torch.div(top_idx, self.num_classes, rounding_mode="floor")
-            classes = top_idx % self.num_classes
-            top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-            boxes = self.box2box_transform.apply_deltas(
-                top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)]
-            ).view(num_images, k, 4)
-            keep = top_scores > self.test_score_thresh
-            for i in range(num_images):
-                per_image[i][0].append(boxes[i][keep[i]])
-                per_image[i][1].append(top_scores[i][keep[i]])
-                per_image[i][2].append(classes[i][keep[i]])
-        results = []
-        for (boxes, scores, classes), image_size in zip(per_image, image_sizes):
-            boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
-            keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)[: self.max_detections_per_image]
-            results.append(Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep]))
-        return results
+        """Detections per image from per-level ``logits`` [N, R_i, K] and ``deltas`` [N, R_i, 4]."""
+        return select_detections(
+            anchors,
+            logits,
+            deltas,
+            image_sizes,
+            box2box_transform=self.box2box_transform,
+            score_thresh=self.test_score_thresh,
+            topk_candidates=self.test_topk_candidates,
+            nms_thresh=self.test_nms_thresh,
+            max_detections_per_image=self.max_detections_per_image,
+        )
