@@ -22,6 +22,10 @@ def add_retinanet_plugin_config(cfg):
     # Whether a ground-truth box with no anchor above the foreground IoU threshold still gets the anchors
     # that overlap it best as foreground (Detectron2 hard-codes True; the paper does not say).
     node.ALLOW_LOW_QUALITY_MATCHES = True
+    # Most IoU values (ground-truth boxes x anchors) that anchor labelling holds at once; anchors are matched in
+    # blocks of MATCHING_CHUNK_ELEMENTS // #boxes, so images with hundreds of boxes need no [G, R] IoU matrix.
+    # The result does not depend on it (retinanet_plugin.modeling.anchor_labeling).
+    node.MATCHING_CHUNK_ELEMENTS = 4194304
     # How both losses are normalised:
     #   "ema":   exponential moving average of the number of foreground anchors per worker, counted over
     #            all workers (all-reduced, divided by the number of workers). Detectron2's normaliser,
@@ -37,5 +41,8 @@ def add_retinanet_plugin_config(cfg):
     # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM, NESTEROV) or
     # "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*, BIAS_LR_FACTOR and CLIP_GRADIENTS.
     node.OPTIMIZER = "SGD"
+    # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (float16 with a gradient scaler on CUDA, bfloat16 on the CPU),
+    # "float16" or "bfloat16". The losses are accumulated in float32 either way.
+    node.AMP_DTYPE = "auto"
     cfg.MODEL.RETINANET_PLUGIN = node
     return cfg

@@ -82,7 +82,7 @@ def _image(h=192, w=256, seed=0):
 
 def test_label_anchors_thresholds_and_low_quality_option(small_cfg):
     model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference"}))
-    anchors = [Boxes(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]]))]
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]])
     gt = _instances([[0, 0, 10, 10], [49, 49, 61, 70]], [3, 1], (100, 100))
     labels, boxes = model.label_anchors(anchors, [gt])
     # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 (IoU 0.397 with gt 1, background by

@@ -247,6 +247,26 @@ def test_losses_gradients_and_normalizer_match_detectron2(depth_name, focal_loss
     assert normalizers[0] != normalizers[1] != normalizers[2]
 
 
+@pytest.mark.parametrize("box_loss", ["giou", "diou", "ciou"])
+def test_box_loss_variants_match_detectron2(box_loss):
+    """MODEL.RETINANET.BBOX_REG_LOSS_TYPE: the plugin's sync-free GIoU and Detectron2's DIoU/CIoU losses give
+    Detectron2's loss and gradients (its RetinaNet uses fvcore's GIoU and its own DIoU/CIoU)."""
+    reference = detectron2_model("R18")
+    reference.box_reg_loss_type = box_loss
+    plugin = plugin_model_like(reference, plugin_cfg("R18", "op", ["MODEL.RETINANET.BBOX_REG_LOSS_TYPE", box_loss]))
+    results = []
+    for model in (reference, plugin):
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        results.append(training_step(model, 0, optimizer))
+    (losses_ref, _, grads_ref), (losses_plugin, _, grads_plugin) = results
+    print(f"\n[{box_loss}] losses {losses_ref}, max |loss diff| {max_abs_diff(losses_ref, losses_plugin):.3g}")
+    assert losses_ref["loss_box_reg"] > 0
+    assert max_abs_diff(losses_ref, losses_plugin) <= TOLERANCE
+    for name in ("head.bbox_pred.weight", "head.bbox_subnet.6.weight"):
+        assert grads_ref[name].abs().max() > 0, name
+        torch.testing.assert_close(grads_plugin[name], grads_ref[name], atol=TOLERANCE, rtol=TOLERANCE, msg=name)
+
+
 # A changed key must break the parity that the tests above check: shows they can fail.
 def _change_one_anchor_size(cfg):
     sizes = [list(level) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]

@@ -152,7 +152,7 @@ def test_missing_coco_files_give_a_clear_error(tmp_path):
     assert "DETECTRON2_DATASETS" in proc.stderr and "instances_train2017.json" in proc.stderr
 
 
-def test_cuda_config_falls_back_to_cpu_without_amp(tmp_path, monkeypatch):
+def test_cuda_config_falls_back_to_cpu_with_bfloat16_amp(tmp_path, monkeypatch):
     import argparse
     import importlib.util
 
@@ -165,6 +165,7 @@ def test_cuda_config_falls_back_to_cpu_without_amp(tmp_path, monkeypatch):
                               dist_url="auto", resume=False,
                               opts=["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)])
     cfg = train_net.setup(args)
-    assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED is False
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED is True
+    assert cfg.MODEL.RETINANET_PLUGIN.AMP_DTYPE == "bfloat16"
     log = (tmp_path / "log.txt").read_text()
-    assert "running on the CPU" in log and "SOLVER.AMP.ENABLED is set to False" in log
+    assert "running on the CPU" in log and "mixed precision uses bfloat16" in log

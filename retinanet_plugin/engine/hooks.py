@@ -12,8 +12,10 @@ import math
 from typing import Mapping, Optional
 
 import torch
-from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils import comm
+
+from .mixed_precision import MixedPrecisionTrainer
 
 __all__ = [
     "FiniteLossAMPTrainer",
@@ -69,8 +71,8 @@ class FiniteLossSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
     """``SimpleTrainer`` that stops on a non-finite loss term, naming it (see :func:`check_finite_losses`)."""
 
 
-class FiniteLossAMPTrainer(_FiniteLossCheck, AMPTrainer):
-    """``AMPTrainer`` that stops on a non-finite loss term, naming it (see :func:`check_finite_losses`)."""
+class FiniteLossAMPTrainer(_FiniteLossCheck, MixedPrecisionTrainer):
+    """:class:`MixedPrecisionTrainer` that stops on a non-finite loss term, naming it (see :func:`check_finite_losses`)."""
 
 
 def first_non_finite_tensor(module: torch.nn.Module) -> Optional[str]:

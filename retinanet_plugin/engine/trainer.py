@@ -17,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.validation import CheckedDatasetMapper, load_checked_dataset_dicts
 from .checked_checkpointer import CheckedDetectionCheckpointer
 from .hooks import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, finite_weights_checkpointer_hooks
+from .mixed_precision import amp_dtype_for
 
 
 def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,8 +47,11 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_for_distributed(model)
-        trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossSimpleTrainer
-        self._trainer = trainer_class(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            precision = amp_dtype_for(cfg.MODEL.RETINANET_PLUGIN.AMP_DTYPE, torch.device(cfg.MODEL.DEVICE).type)
+            self._trainer = FiniteLossAMPTrainer(model, data_loader, optimizer, precision=precision)
+        else:
+            self._trainer = FiniteLossSimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = CheckedDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -13,12 +13,16 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import giou_loss, smooth_l1_loss
+from fvcore.nn import smooth_l1_loss
 
 from ..layers import focal_loss_op_available, sigmoid_focal_loss, sigmoid_focal_loss_reference
+from ..layers.giou_loss import giou_loss
+from ..utils.device_scalar_logger import DeviceScalarLogger
+from .anchor_labeling import DEFAULT_CHUNK_ELEMENTS, match_anchors
+from .box_transform import SyncFreeBox2BoxTransform
 from .detection_selection import select_detections
 from .head import build_retinanet_plugin_head
 
@@ -48,6 +52,7 @@ class RetinaNetPlugin(DenseDetector):
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
         anchor_matcher: Matcher,
+        matching_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         num_classes: int,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
@@ -83,6 +88,9 @@ class RetinaNetPlugin(DenseDetector):
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
         self.anchor_matcher = anchor_matcher
+        if matching_chunk_elements < 1:
+            raise ValueError(f"MODEL.RETINANET_PLUGIN.MATCHING_CHUNK_ELEMENTS must be >= 1, got {matching_chunk_elements}")
+        self.matching_chunk_elements = matching_chunk_elements
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.focal_loss_impl = focal_loss_impl
@@ -97,6 +105,7 @@ class RetinaNetPlugin(DenseDetector):
         self.input_format = input_format
         # Saved in checkpoints so a resumed run continues with the same normaliser.
         self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
+        self._metrics = DeviceScalarLogger()
 
     @classmethod
     def from_config(cls, cfg):
@@ -121,12 +130,13 @@ class RetinaNetPlugin(DenseDetector):
             "head": build_retinanet_plugin_head(cfg, feature_shapes),
             "head_in_features": cfg.MODEL.RETINANET.IN_FEATURES,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
-            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "box2box_transform": SyncFreeBox2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
             "anchor_matcher": Matcher(
                 thresholds,
                 cfg.MODEL.RETINANET.IOU_LABELS,
                 allow_low_quality_matches=plugin.ALLOW_LOW_QUALITY_MATCHES,
             ),
+            "matching_chunk_elements": plugin.MATCHING_CHUNK_ELEMENTS,
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "focal_loss_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
@@ -151,33 +161,39 @@ class RetinaNetPlugin(DenseDetector):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- training
+    # Training runs without host synchronisation: no .item(), nonzero() or boolean-mask indexing.
     def forward_training(self, images: ImageList, features, predictions, gt_instances: List[Instances]):
         logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
-        anchors = self.anchor_generator(features)
+        anchors = Boxes.cat(self.anchor_generator(features)).tensor
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, logits, gt_labels, deltas, gt_boxes)
 
     @torch.no_grad()
-    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
-        """Match anchors to ground truth by IoU.
+    def label_anchors(self, anchors: Tensor, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+        """Match anchors to ground truth by IoU (:func:`match_anchors`, with ``self.anchor_matcher``'s rule).
 
+        Args:
+            anchors: [R, 4] all levels' anchors, XYXY pixels.
         Returns:
-            labels: [N, R] int64, R anchors over all levels: 0..K-1 foreground class, K background, -1 ignored.
-            boxes: [N, R, 4] the matched ground-truth box (XYXY pixels); meaningful on foreground only.
+            labels: [N, R] int64: 0..K-1 foreground class, K background, -1 ignored.
+            boxes: [N, R, 4] the matched ground-truth box (XYXY pixels) on foreground anchors, the anchor itself
+                elsewhere (so box targets are finite everywhere).
         """
-        anchors = Boxes.cat(anchors)
         labels, boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
                 labels.append(torch.full((len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device))
-                boxes.append(torch.zeros_like(anchors.tensor))
+                boxes.append(anchors)
                 continue
-            matched_idxs, match_labels = self.anchor_matcher(pairwise_iou(instances.gt_boxes, anchors))
+            matched_idxs, match_labels = match_anchors(
+                instances.gt_boxes.tensor, anchors, self.anchor_matcher, self.matching_chunk_elements
+            )
             labels_i = instances.gt_classes[matched_idxs].to(torch.int64)
-            labels_i[match_labels == 0] = self.num_classes
-            labels_i[match_labels == -1] = -1
+            labels_i = torch.where(match_labels == 0, self.num_classes, labels_i)
+            labels_i = torch.where(match_labels == -1, -1, labels_i)
             labels.append(labels_i)
-            boxes.append(instances.gt_boxes.tensor[matched_idxs])
+            foreground = (match_labels == 1).unsqueeze(1)
+            boxes.append(torch.where(foreground, instances.gt_boxes.tensor[matched_idxs], anchors))
         return torch.stack(labels), torch.stack(boxes)
 
     def _update_normalizer(self, num_foreground: Tensor) -> Tensor:
@@ -196,18 +212,18 @@ class RetinaNetPlugin(DenseDetector):
             self.loss_normalizer.mul_(momentum).add_(count.to(self.loss_normalizer) * (1.0 - momentum))
         return self.loss_normalizer.clone()
 
-    def losses(self, anchors: List[Boxes], logits: List[Tensor], gt_labels: Tensor, deltas: List[Tensor], gt_boxes: Tensor) -> Dict[str, Tensor]:
-        """Focal loss over all non-ignored anchors and box loss over foreground anchors.
+    def losses(self, anchors: Tensor, logits: List[Tensor], gt_labels: Tensor, deltas: List[Tensor], gt_boxes: Tensor) -> Dict[str, Tensor]:
+        """Focal loss over all non-ignored anchors and box loss over foreground anchors, in fp32.
 
         Args:
-            anchors: per level, Boxes of [R_i, 4].
-            logits, deltas: per level, [N, R_i, K] and [N, R_i, 4].
+            anchors: [R, 4] all levels' anchors.
+            logits, deltas: per level, [N, R_i, K] and [N, R_i, 4] (any float dtype: fp16/bf16 under autocast).
             gt_labels, gt_boxes: [N, R] and [N, R, 4], from :meth:`label_anchors`.
         """
         num_images = gt_labels.shape[0]
         foreground = (gt_labels >= 0) & (gt_labels != self.num_classes)
         num_foreground = foreground.sum()
-        get_event_storage().put_scalar("num_pos_anchors", num_foreground.item() / num_images)
+        self._metrics.put("num_pos_anchors", num_foreground / num_images)
         normalizer = self._update_normalizer(num_foreground)
 
         focal_loss = FOCAL_LOSS_IMPLS[self.focal_loss_impl]
@@ -219,21 +235,26 @@ class RetinaNetPlugin(DenseDetector):
             reduction="sum",
             normalizer=normalizer,
         )
-        loss_box_reg = self._box_loss(anchors, deltas, gt_boxes, foreground)
+        loss_box_reg = self._box_loss(anchors, cat(deltas, dim=1).float(), gt_boxes, foreground)
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
-    def _box_loss(self, anchors: List[Boxes], deltas: List[Tensor], gt_boxes: Tensor, foreground: Tensor) -> Tensor:
-        """Summed box regression loss over foreground anchors only (no [N, R, 4] target tensor is built)."""
-        anchor_idx = foreground.nonzero()[:, 1]
-        fg_anchors = Boxes.cat(anchors).tensor[anchor_idx]
-        fg_deltas = cat(deltas, dim=1)[foreground]
-        fg_gt = gt_boxes[foreground]
+    def _box_loss(self, anchors: Tensor, deltas: Tensor, gt_boxes: Tensor, foreground: Tensor) -> Tensor:
+        """Summed box regression loss over the foreground anchors.
+
+        Computed for all [N, R] anchors and masked with ``torch.where`` (no data-dependent shapes, so no host
+        sync); ``gt_boxes`` is the anchor itself off the foreground, so every term is finite.
+        """
+        num_images = deltas.shape[0]
+        anchors = anchors.unsqueeze(0).expand(num_images, -1, -1).reshape(-1, 4)
+        deltas, gt_boxes = deltas.reshape(-1, 4), gt_boxes.reshape(-1, 4)
         if self.box_reg_loss_type == "smooth_l1":
-            target = self.box2box_transform.get_deltas(fg_anchors, fg_gt)
-            return smooth_l1_loss(fg_deltas, target, beta=self.smooth_l1_beta, reduction="sum")
-        pred_boxes = self.box2box_transform.apply_deltas(fg_deltas, fg_anchors)
-        box_loss = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[self.box_reg_loss_type]
-        return box_loss(pred_boxes, fg_gt, reduction="sum")
+            target = self.box2box_transform.get_deltas(anchors, gt_boxes)
+            per_anchor = smooth_l1_loss(deltas, target, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
+        else:
+            pred_boxes = self.box2box_transform.apply_deltas(deltas, anchors)
+            box_loss = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[self.box_reg_loss_type]
+            per_anchor = box_loss(pred_boxes, gt_boxes, reduction="none")
+        return torch.where(foreground.reshape(-1), per_anchor, 0.0).sum()
 
     # ---------------------------------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions):

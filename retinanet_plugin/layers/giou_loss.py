@@ -1,0 +1,32 @@
+"""Generalized IoU loss (Rezatofighi et al., 2019) for box regression, elementwise and without host syncs."""
+import torch
+from torch import Tensor
+
+from .focal_loss_reference import REDUCTIONS
+
+
+def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
+    """1 - GIoU of each pair of boxes.
+
+    Same value as ``fvcore.nn.giou_loss``, but with no check on the device (fvcore asserts x2 >= x1 and indexes with
+    a boolean mask: host synchronisations in every step); a box with x2 < x1 counts as empty.
+
+    Args:
+        pred_boxes, target_boxes: [..., 4] XYXY pixels, same shape.
+        reduction: "none" ([...] per pair), "sum" or "mean".
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    pred_lo, pred_hi = pred_boxes[..., :2], pred_boxes[..., 2:]
+    target_lo, target_hi = target_boxes[..., :2], target_boxes[..., 2:]
+    overlap = (torch.minimum(pred_hi, target_hi) - torch.maximum(pred_lo, target_lo)).clamp(min=0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = (pred_hi - pred_lo).prod(dim=-1) + (target_hi - target_lo).prod(dim=-1) - intersection
+    iou = intersection / (union + eps)
+    enclosing = (torch.maximum(pred_hi, target_hi) - torch.minimum(pred_lo, target_lo)).prod(dim=-1)
+    loss = 1 - (iou - (enclosing - union) / (enclosing + eps))
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() > 0 else loss.sum() * 0.0
+    return loss
