@@ -23,6 +23,8 @@
 // No term overflows for any finite x, so logits of +-1e4 give finite losses and gradients.
 #pragma once
 
+#include "loss_kind.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
@@ -42,17 +44,23 @@ struct FocalLossParams {
 
 FocalLossParams make_focal_loss_params(double gamma, double alpha);
 
-// Checks the arguments both ops share (shapes, dtypes, devices, gamma, reduction) and returns the
-// reduction. `op_name` goes into every error message.
-Reduction check_focal_loss_args(
-    const char* op_name,
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
+// What the shared kernels compute: the loss kind, its constants and, for the quality focal loss, the per-row
+// targets. Built by each op's entry point, read by the CPU and CUDA drivers below.
+struct LossSpec {
+  LossKind kind = LossKind::SigmoidFocal;
+  const char* op_name = "sigmoid_focal_loss";  // names the op in the errors the kernels raise
+  FocalLossParams focal;                        // SigmoidFocal
+  double beta = 2.0;                            // QualityFocal: exponent of |quality - sigmoid(x)|
+  at::Tensor quality;                           // QualityFocal: [N] in the accumulation dtype, any stride
+};
+
+// Checks the arguments every loss op shares (shapes, dtypes, devices, the focusing exponent called
+// `exponent_name` ("gamma", "beta"), reduction) and returns the reduction. `op_name` goes into every error message.
+Reduction check_loss_args(const char* op_name, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, const char* exponent_name, double exponent,
     c10::string_view reduction);
 
-// Checks the upstream gradient of the backward op: a 1-element tensor for sum/mean, [N, K] for none.
+// Checks the upstream gradient of a backward op: a 1-element tensor for sum/mean, [N, K] for none.
 void check_focal_loss_grad(const char* op_name, const at::Tensor& grad, const at::Tensor& logits, Reduction reduction);
 
 // fp64 for fp64 logits, fp32 otherwise: the dtype of the accumulation and of the loss.
@@ -62,7 +70,10 @@ at::ScalarType focal_loss_accumulate_type(at::ScalarType logits_dtype);
 at::Tensor with_unit_column_stride(const at::Tensor& logits);
 
 // Error for a label outside [-1, K] (CPU kernels; the CUDA kernels assert on the device).
-[[noreturn]] void throw_bad_label(int64_t row, int64_t label, int64_t num_classes);
+[[noreturn]] void throw_bad_label(const char* op_name, int64_t row, int64_t label, int64_t num_classes);
+
+// Error for a quality target outside [0, 1] or NaN on a labelled row (CPU kernels; CUDA asserts on the device).
+[[noreturn]] void throw_bad_quality(const char* op_name, int64_t row, double quality);
 
 // Whether this build has the CUDA kernels (WITH_CUDA).
 bool built_with_cuda();
@@ -70,44 +81,42 @@ bool built_with_cuda();
 // Which CPU kernel variant runs on this machine: "AVX512", "AVX2" or "DEFAULT".
 std::string cpu_kernel_capability();
 
-// ---- CPU ops (focal_loss_cpu.cpp) ----
-at::Tensor sigmoid_focal_loss_cpu(
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor);
+// ---- Drivers shared by the ops (arguments already checked): forward and backward of `spec` on one device ----
+// Forward: [N, K] for Reduction::None, else a 0-dim tensor; fp32 (fp64 for fp64 logits). Backward: the gradient
+// w.r.t. logits (logits dtype, contiguous) given the upstream gradient `grad` of the forward's output.
+using LossForward = at::Tensor(const LossSpec& spec, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor);
+using LossBackward = at::Tensor(const LossSpec& spec, const at::Tensor& grad, const at::Tensor& logits,
+    const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor);
+LossForward loss_forward_cpu;    // focal_loss_cpu.cpp
+LossBackward loss_backward_cpu;  // focal_loss_cpu.cpp
+// focal_loss_cuda_ops.cpp: no host synchronisation; in a build without CUDA they raise a rebuild hint.
+LossForward loss_forward_cuda;
+LossBackward loss_backward_cuda;
 
-at::Tensor sigmoid_focal_loss_backward_cpu(
-    const at::Tensor& grad,
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
+// The sigmoid focal loss op on the device whose driver is given (focal_loss_common.cpp).
+at::Tensor sigmoid_focal_loss_with(LossForward& forward, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, double gamma, double alpha, c10::string_view reduction,
     double divisor);
+at::Tensor sigmoid_focal_loss_backward_with(LossBackward& backward, const at::Tensor& grad, const at::Tensor& logits,
+    const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, double gamma, double alpha,
+    c10::string_view reduction, double divisor);
 
-// ---- CUDA ops (focal_loss_cuda_ops.cpp; in a build without CUDA they raise a rebuild hint) ----
-at::Tensor sigmoid_focal_loss_cuda(
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor);
+// The kernels ops.cpp registers for one device, e.g. sigmoid_focal_loss_op<loss_forward_cpu>. On CUDA tensors in a
+// build without CUDA they raise a rebuild hint (loss_forward_cuda does).
+template <LossForward& kForward>
+at::Tensor sigmoid_focal_loss_op(const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, double gamma, double alpha, c10::string_view reduction,
+    double divisor) {
+  return sigmoid_focal_loss_with(kForward, logits, labels, normalizer, gamma, alpha, reduction, divisor);
+}
 
-at::Tensor sigmoid_focal_loss_backward_cuda(
-    const at::Tensor& grad,
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor);
+template <LossBackward& kBackward>
+at::Tensor sigmoid_focal_loss_backward_op(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, double gamma, double alpha, c10::string_view reduction,
+    double divisor) {
+  return sigmoid_focal_loss_backward_with(
+      kBackward, grad, logits, labels, normalizer, gamma, alpha, reduction, divisor);
+}
 
 }  // namespace retinanet_plugin

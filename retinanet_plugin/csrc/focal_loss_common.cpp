@@ -1,4 +1,5 @@
-// Argument checks and helpers shared by the CPU and CUDA focal loss ops.
+// Argument checks and helpers shared by the CPU and CUDA ops of the focal losses, and the sigmoid focal loss op on
+// any device (checks, then the device's driver).
 #include "focal_loss.h"
 
 #include <ATen/Version.h>
@@ -18,6 +19,13 @@ FocalLossParams make_focal_loss_params(double gamma, double alpha) {
   return params;
 }
 
+static LossSpec sigmoid_focal_loss_spec(const char* op_name, double gamma, double alpha) {
+  LossSpec spec;
+  spec.op_name = op_name;
+  spec.focal = make_focal_loss_params(gamma, alpha);
+  return spec;
+}
+
 static Reduction parse_reduction(const char* op_name, c10::string_view reduction) {
   if (reduction == "none") {
     return Reduction::None;
@@ -31,12 +39,13 @@ static Reduction parse_reduction(const char* op_name, c10::string_view reduction
   TORCH_CHECK_VALUE(false, op_name, ": reduction must be one of 'none', 'sum', 'mean', got '", std::string(reduction), "'");
 }
 
-Reduction check_focal_loss_args(
+Reduction check_loss_args(
     const char* op_name,
     const at::Tensor& logits,
     const at::Tensor& labels,
     const std::optional<at::Tensor>& normalizer,
-    double gamma,
+    const char* exponent_name,
+    double exponent,
     c10::string_view reduction) {
   TORCH_CHECK(logits.dim() == 2, op_name, ": logits must be 2-D [N, K], got shape ", logits.sizes());
   const auto dtype = logits.scalar_type();
@@ -64,7 +73,9 @@ Reduction check_focal_loss_args(
         !norm.is_complex() && norm.scalar_type() != at::kBool, op_name, ": normalizer must be a real number, got ",
         norm.scalar_type());
   }
-  TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0, op_name, ": gamma must be finite and >= 0, got ", gamma);
+  TORCH_CHECK_VALUE(
+      std::isfinite(exponent) && exponent >= 0, op_name, ": ", exponent_name, " must be finite and >= 0, got ",
+      exponent);
   return parse_reduction(op_name, reduction);
 }
 
@@ -93,10 +104,34 @@ at::Tensor with_unit_column_stride(const at::Tensor& logits) {
   return logits.contiguous();
 }
 
-void throw_bad_label(int64_t row, int64_t label, int64_t num_classes) {
+void throw_bad_label(const char* op_name, int64_t row, int64_t label, int64_t num_classes) {
   TORCH_CHECK_INDEX(
-      false, "sigmoid_focal_loss: labels must be in [-1, K] = [-1, ", num_classes,
+      false, op_name, ": labels must be in [-1, K] = [-1, ", num_classes,
       "] (0..K-1 positive class, K background, -1 ignored); row ", row, " has label ", label);
+}
+
+void throw_bad_quality(const char* op_name, int64_t row, double quality) {
+  TORCH_CHECK_VALUE(
+      false, op_name, ": quality must be in [0, 1] on rows with a class label (0..K-1); row ", row, " has quality ",
+      quality);
+}
+
+at::Tensor sigmoid_focal_loss_with(LossForward& forward, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, double gamma, double alpha, c10::string_view reduction,
+    double divisor) {
+  const char* op_name = "sigmoid_focal_loss";
+  const Reduction mode = check_loss_args(op_name, logits, labels, normalizer, "gamma", gamma, reduction);
+  return forward(sigmoid_focal_loss_spec(op_name, gamma, alpha), logits, labels, normalizer, mode, divisor);
+}
+
+at::Tensor sigmoid_focal_loss_backward_with(LossBackward& backward, const at::Tensor& grad, const at::Tensor& logits,
+    const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, double gamma, double alpha,
+    c10::string_view reduction, double divisor) {
+  const char* op_name = "sigmoid_focal_loss_backward";
+  const Reduction mode = check_loss_args(op_name, logits, labels, normalizer, "gamma", gamma, reduction);
+  check_focal_loss_grad(op_name, grad, logits, mode);
+  const LossSpec spec = sigmoid_focal_loss_spec(op_name, gamma, alpha);
+  return backward(spec, grad, logits, labels, normalizer, mode, divisor);
 }
 
 bool built_with_cuda() {

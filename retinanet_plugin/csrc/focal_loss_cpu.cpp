@@ -1,5 +1,5 @@
-// The CPU focal loss ops: argument checks, output allocation, the deterministic final sum, and the choice of
-// the kernel variant (AVX-512, AVX2 or generic) from the capability ATen reports for this CPU.
+// The CPU driver of the focal losses: output allocation, the deterministic final sum, and the choice of the kernel
+// variant (AVX-512, AVX2 or generic) from the capability ATen reports for this CPU.
 #include "focal_loss.h"
 #include "focal_loss_cpu_kernels.h"
 
@@ -36,7 +36,7 @@ double host_denominator(const std::optional<at::Tensor>& normalizer, double divi
   return normalizer.has_value() ? divisor * normalizer->item<double>() : divisor;
 }
 
-int64_t count_valid_rows(const at::Tensor& labels, int64_t num_classes) {
+int64_t count_valid_rows(const char* op_name, const at::Tensor& labels, int64_t num_classes) {
   const int64_t n = labels.size(0);
   const int64_t stride = labels.stride(0);
   int64_t valid = 0;
@@ -44,7 +44,7 @@ int64_t count_valid_rows(const at::Tensor& labels, int64_t num_classes) {
     for (int64_t row = 0; row < n; ++row) {
       const int64_t label = data[row * stride];
       if (label < -1 || label > num_classes) {
-        throw_bad_label(row, label, num_classes);
+        throw_bad_label(op_name, row, label, num_classes);
       }
       valid += label >= 0;
     }
@@ -63,16 +63,8 @@ std::string cpu_kernel_capability() {
   return cpu_kernels().second;
 }
 
-at::Tensor sigmoid_focal_loss_cpu(
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor) {
-  const Reduction mode = check_focal_loss_args("sigmoid_focal_loss", logits, labels, normalizer, gamma, reduction);
-  const FocalLossParams params = make_focal_loss_params(gamma, alpha);
+at::Tensor loss_forward_cpu(const LossSpec& spec, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
   const at::Tensor x = with_unit_column_stride(logits);
   const at::ScalarType acc_type = focal_loss_accumulate_type(x.scalar_type());
   const int64_t num_rows = x.size(0);
@@ -80,41 +72,30 @@ at::Tensor sigmoid_focal_loss_cpu(
   const double denominator = host_denominator(normalizer, divisor);
   const cpu::Kernels& kernels = *cpu_kernels().first;
 
-  if (mode == Reduction::None) {
+  if (reduction == Reduction::None) {
     at::Tensor loss = at::empty({num_rows, num_classes}, x.options().dtype(acc_type));
-    kernels.forward_elementwise(x, labels, params, 1.0 / denominator, loss);
+    kernels.forward_elementwise(x, labels, spec, 1.0 / denominator, loss);
     return loss;
   }
   const int64_t block_rows = cpu::rows_per_block(num_classes);
   const int64_t num_blocks = (num_rows + block_rows - 1) / block_rows;
   std::vector<double> partial_sums(num_blocks, 0.0);
   std::vector<int64_t> partial_valid_rows(num_blocks, 0);
-  kernels.forward_partial_sums(x, labels, params, partial_sums.data(), partial_valid_rows.data());
+  kernels.forward_partial_sums(x, labels, spec, partial_sums.data(), partial_valid_rows.data());
   double total = 0.0;  // block order: the same result for any number of threads
   int64_t valid_rows = 0;
   for (int64_t b = 0; b < num_blocks; ++b) {
     total += partial_sums[b];
     valid_rows += partial_valid_rows[b];
   }
-  if (mode == Reduction::Mean) {
+  if (reduction == Reduction::Mean) {
     total /= static_cast<double>(std::max<int64_t>(valid_rows * num_classes, 1));
   }
   return at::scalar_tensor(total / denominator, x.options().dtype(acc_type));
 }
 
-at::Tensor sigmoid_focal_loss_backward_cpu(
-    const at::Tensor& grad,
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor) {
-  const char* op_name = "sigmoid_focal_loss_backward";
-  const Reduction mode = check_focal_loss_args(op_name, logits, labels, normalizer, gamma, reduction);
-  check_focal_loss_grad(op_name, grad, logits, mode);
-  const FocalLossParams params = make_focal_loss_params(gamma, alpha);
+at::Tensor loss_backward_cpu(const LossSpec& spec, const at::Tensor& grad, const at::Tensor& logits,
+    const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
   const at::Tensor x = with_unit_column_stride(logits);
   const at::ScalarType acc_type = focal_loss_accumulate_type(x.scalar_type());
   const int64_t num_rows = x.size(0);
@@ -122,16 +103,17 @@ at::Tensor sigmoid_focal_loss_backward_cpu(
 
   double scale = 1.0 / host_denominator(normalizer, divisor);
   at::Tensor upstream;  // the [N, K] upstream gradient of reduction "none"
-  if (mode == Reduction::None) {
+  if (reduction == Reduction::None) {
     upstream = with_unit_column_stride(grad.to(acc_type));
   } else {
     scale *= grad.item<double>();
-    if (mode == Reduction::Mean) {
-      scale /= static_cast<double>(std::max<int64_t>(count_valid_rows(labels, num_classes) * num_classes, 1));
+    if (reduction == Reduction::Mean) {
+      const int64_t valid_rows = count_valid_rows(spec.op_name, labels, num_classes);
+      scale /= static_cast<double>(std::max<int64_t>(valid_rows * num_classes, 1));
     }
   }
   at::Tensor grad_logits = at::empty({num_rows, num_classes}, x.options());
-  cpu_kernels().first->backward(x, labels, params, scale, upstream, grad_logits);
+  cpu_kernels().first->backward(x, labels, spec, scale, upstream, grad_logits);
   return grad_logits;
 }
 

@@ -1,14 +1,15 @@
-// The vectorised CPU kernels of the focal loss. Not a normal header: focal_loss_cpu_{default,avx2,avx512}.cpp each
+// The vectorised CPU kernels of the focal losses. Not a normal header: focal_loss_cpu_{default,avx2,avx512}.cpp each
 // include it once, after defining CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and switching the instruction set on, so
 // every function here is compiled once per instruction set into its own namespace (as ATen does for its kernels).
 //
 // Work split: rows are cut into fixed blocks of rows_per_block(K) rows; at::parallel_for hands blocks to
-// threads. In a block each row is read once: its label first (one read, checked), then its K logits in
-// SIMD vectors of Vectorized<acc_t> (fp32 math for fp16/bf16/fp32, fp64 for fp64; fp16/bf16 rows are widened
-// 256 columns at a time into a stack buffer). The one positive column of a row, if any, is handled in the
-// vector that holds it by flipping the sign of that lane (see focal_loss.h). A reduced loss is summed per
-// block in a SIMD accumulator, then the block sums are added in block order (focal_loss_cpu.cpp), so the
-// result is the same for any number of threads.
+// threads. In a block each row is read once: its label first (one read, checked), its quality target for the
+// quality focal loss (checked), then its K logits in SIMD vectors of Vectorized<acc_t> (fp32 math for
+// fp16/bf16/fp32, fp64 for fp64; fp16/bf16 rows are widened 256 columns at a time into a stack buffer). The loss
+// itself is an "element" (SigmoidFocalElement, QualityFocalElement) applied to each vector; the one positive
+// column of a row, if any, is a lane mask in the vector that holds it. A reduced loss is summed per block in a
+// SIMD accumulator, then the block sums are added in block order (focal_loss_cpu.cpp), so the result is the same
+// for any number of threads.
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -29,56 +30,119 @@ enum class Mode {
 template <typename acc_t>
 struct VecConstants {
   using Vec = Vectorized<acc_t>;
-  Vec zero, one, gamma, weight_positive, weight_negative, lane_index, scale;
-  VecConstants(const FocalLossParams& params, double scale_)
-      : zero(acc_t(0)),
-        one(acc_t(1)),
-        gamma(static_cast<acc_t>(params.gamma)),
-        weight_positive(static_cast<acc_t>(params.weight_positive)),
-        weight_negative(static_cast<acc_t>(params.weight_negative)),
-        lane_index(Vec::arange(acc_t(0), acc_t(1))),
-        scale(static_cast<acc_t>(scale_)) {}
+  Vec zero, lane_index, scale;
+  explicit VecConstants(double scale_)
+      : zero(acc_t(0)), lane_index(Vec::arange(acc_t(0), acc_t(1))), scale(static_cast<acc_t>(scale_)) {}
 };
 
-// Loss and/or dloss/dz of signed logits z with weights w (derivation in focal_loss.h).
-template <typename acc_t, bool kGammaTwo, bool kLoss, bool kGrad>
-inline void focal_terms(
-    const Vectorized<acc_t>& z,
-    const Vectorized<acc_t>& w,
-    const VecConstants<acc_t>& c,
-    Vectorized<acc_t>& loss,
-    Vectorized<acc_t>& dloss_dz) {
+// The per-element losses. Each maps a vector of logits x of one row to the loss and/or dloss/dx; when
+// `has_positive`, `positive_lane` is all ones in the lane of the row's class and `quality` is that row's target.
+
+// Sigmoid focal loss (derivation in focal_loss.h), in the signed logit z: -x in the positive lane, x elsewhere.
+template <typename acc_t, bool kGammaTwo>
+struct SigmoidFocalElement {
   using Vec = Vectorized<acc_t>;
-  const Vec e = z.abs().neg().exp();  // exp(-|z|) in (0, 1]: never overflows
-  const Vec l = e.log1p();
-  const Vec softplus_z = at::vec::maximum(z, c.zero) + l;  // -log(1 - q)
-  const Vec r = (c.one + e).reciprocal();
-  const Vec er = e * r;
-  const Vec z_nonneg = z >= c.zero;
-  const Vec q = Vec::blendv(er, r, z_nonneg);  // sigmoid(z)
-  Vec modulating;                              // q^gamma
-  if constexpr (kGammaTwo) {
-    modulating = q * q;
-  } else {
-    modulating = (c.gamma * (at::vec::maximum(z.neg(), c.zero) + l)).neg().exp();  // exp(-gamma * softplus(-z))
+  static constexpr bool kReadsQuality = false;
+  Vec zero, one, gamma, weight_positive, weight_negative;
+  explicit SigmoidFocalElement(const LossSpec& spec)
+      : zero(acc_t(0)),
+        one(acc_t(1)),
+        gamma(static_cast<acc_t>(spec.focal.gamma)),
+        weight_positive(static_cast<acc_t>(spec.focal.weight_positive)),
+        weight_negative(static_cast<acc_t>(spec.focal.weight_negative)) {}
+
+  template <bool kLoss, bool kGrad>
+  void operator()(const Vec& x, bool has_positive, const Vec& positive_lane, acc_t /*quality*/, Vec& loss,
+      Vec& dloss_dx) const {
+    Vec z = x;
+    Vec w = weight_negative;
+    if (has_positive) {  // once per row: flip the sign of the positive lane, use the positive weight there
+      z = Vec::blendv(x, x.neg(), positive_lane);
+      w = Vec::blendv(weight_negative, weight_positive, positive_lane);
+    }
+    const Vec e = z.abs().neg().exp();  // exp(-|z|) in (0, 1]: never overflows
+    const Vec l = e.log1p();
+    const Vec softplus_z = at::vec::maximum(z, zero) + l;  // -log(1 - q)
+    const Vec r = (one + e).reciprocal();
+    const Vec er = e * r;
+    const Vec z_nonneg = z >= zero;
+    const Vec q = Vec::blendv(er, r, z_nonneg);  // sigmoid(z)
+    Vec modulating;                              // q^gamma
+    if constexpr (kGammaTwo) {
+      modulating = q * q;
+    } else {
+      modulating = (gamma * (at::vec::maximum(z.neg(), zero) + l)).neg().exp();  // exp(-gamma * softplus(-z))
+    }
+    const Vec weighted = w * modulating;
+    if constexpr (kLoss) {
+      loss = weighted * softplus_z;
+    }
+    if constexpr (kGrad) {
+      const Vec one_minus_q = Vec::blendv(r, er, z_nonneg);
+      const Vec dloss_dz = weighted * at::vec::fmadd(gamma * one_minus_q, softplus_z, q);
+      dloss_dx = has_positive ? Vec::blendv(dloss_dz, dloss_dz.neg(), positive_lane) : dloss_dz;
+    }
   }
-  const Vec weighted = w * modulating;
-  if constexpr (kLoss) {
-    loss = weighted * softplus_z;
+};
+
+// Quality focal loss (derivation in quality_focal_loss.h): target y = quality in the positive lane, 0 elsewhere.
+template <typename acc_t, bool kBetaTwo>
+struct QualityFocalElement {
+  using Vec = Vectorized<acc_t>;
+  static constexpr bool kReadsQuality = true;
+  Vec zero, one, beta;
+  bool beta_is_zero;  // plain BCE: dloss/dx = d (the b |d|^b / d term is 0, but |d|^0 / d may overflow)
+  explicit QualityFocalElement(const LossSpec& spec)
+      : zero(acc_t(0)), one(acc_t(1)), beta(static_cast<acc_t>(spec.beta)), beta_is_zero(spec.beta == 0.0) {}
+
+  template <bool kLoss, bool kGrad>
+  void operator()(const Vec& x, bool has_positive, const Vec& positive_lane, acc_t quality, Vec& loss,
+      Vec& dloss_dx) const {
+    const Vec y = has_positive ? Vec::blendv(zero, Vec(quality), positive_lane) : zero;
+    const Vec e = x.abs().neg().exp();  // exp(-|x|) in (0, 1]: never overflows
+    const Vec l = e.log1p();
+    const Vec softplus_x = at::vec::maximum(x, zero) + l;            // -log(1 - s)
+    const Vec softplus_minus_x = at::vec::maximum(x.neg(), zero) + l;  // -log(s)
+    const Vec r = (one + e).reciprocal();
+    const Vec er = e * r;
+    const Vec x_nonneg = x >= zero;
+    const Vec s = Vec::blendv(er, r, x_nonneg);  // sigmoid(x)
+    const Vec one_minus_s = Vec::blendv(r, er, x_nonneg);
+    const Vec one_minus_y = one - y;
+    const Vec d = Vec::blendv(s - y, one_minus_y - one_minus_s, x_nonneg);  // s - y
+    const Vec bce = at::vec::fmadd(y, softplus_minus_x, one_minus_y * softplus_x);
+    Vec modulating;  // |d|^beta
+    if constexpr (kBetaTwo) {
+      modulating = d * d;
+    } else {
+      modulating = d.abs().pow(beta);
+    }
+    if constexpr (kLoss) {
+      loss = modulating * bce;
+    }
+    if constexpr (kGrad) {
+      const Vec curvature_bce = s * one_minus_s * bce;  // s (1 - s) BCE
+      if constexpr (kBetaTwo) {
+        dloss_dx = d * at::vec::fmadd(beta, curvature_bce, modulating);  // d (d^2 + 2 s (1 - s) BCE)
+      } else if (beta_is_zero) {
+        dloss_dx = d;
+      } else {
+        const Vec ratio = Vec::blendv(modulating / d, zero, d == zero);  // |d|^beta / d, 0 at d = 0
+        dloss_dx = at::vec::fmadd(modulating, d, beta * ratio * curvature_bce);
+      }
+    }
   }
-  if constexpr (kGrad) {
-    const Vec one_minus_q = Vec::blendv(r, er, z_nonneg);
-    dloss_dz = weighted * at::vec::fmadd(c.gamma * one_minus_q, softplus_z, q);
-  }
-}
+};
 
 // n consecutive logits x[0, n) of one non-ignored row; `positive` is the positive column relative to x (outside
-// [0, n) when none of these columns is the row's class).
-template <typename acc_t, bool kGammaTwo, Mode kMode>
+// [0, n) when none of these columns is the row's class), `quality` the row's target.
+template <typename acc_t, class Element, Mode kMode>
 inline void process_row(
     const acc_t* x,
     int64_t n,
     int64_t positive,
+    acc_t quality,
+    const Element& element,
     const VecConstants<acc_t>& c,
     Vectorized<acc_t>& sum,
     acc_t* out,
@@ -91,23 +155,18 @@ inline void process_row(
     const bool full = count == kLanes;
     const Vec xv = full ? Vec::loadu(x + i) : Vec::loadu(x + i, count);
     const bool has_positive = static_cast<uint64_t>(positive - i) < static_cast<uint64_t>(count);
-    Vec z = xv;
-    Vec w = c.weight_negative;
     Vec positive_lane;
-    if (has_positive) {  // once per row: flip the sign of the positive lane, use the positive weight there
+    if (has_positive) {
       positive_lane = c.lane_index == Vec(static_cast<acc_t>(positive - i));
-      z = Vec::blendv(xv, xv.neg(), positive_lane);
-      w = Vec::blendv(c.weight_negative, c.weight_positive, positive_lane);
     }
-    Vec loss, dloss_dz;
-    focal_terms<acc_t, kGammaTwo, kLoss, !kLoss>(z, w, c, loss, dloss_dz);
+    Vec loss, grad;
+    element.template operator()<kLoss, !kLoss>(xv, has_positive, positive_lane, quality, loss, grad);
     if constexpr (kMode == Mode::LossSum) {
       sum = sum + (full ? loss : Vec::set(c.zero, loss, count));
     } else if constexpr (kMode == Mode::LossElementwise) {
       const Vec value = loss * c.scale;
       full ? value.store(out + i) : value.store(out + i, count);
     } else {
-      Vec grad = has_positive ? Vec::blendv(dloss_dz, dloss_dz.neg(), positive_lane) : dloss_dz;  // dloss/dx
       grad = grad * c.scale;
       if constexpr (kMode == Mode::GradTimesUpstream) {
         grad = grad * (full ? Vec::loadu(upstream + i) : Vec::loadu(upstream + i, count));
@@ -127,19 +186,29 @@ struct LabelReader {
   }
 };
 
+// What every row of a call reads, besides its logits' dtype.
+template <typename acc_t>
+struct RowInputs {
+  int64_t row_stride;
+  int64_t num_classes;
+  LabelReader labels;
+  const acc_t* quality;  // [N] (quality focal loss), else nullptr
+  int64_t quality_stride;
+  const acc_t* upstream;  // [N, K] with unit column stride (Mode::GradTimesUpstream), else nullptr
+  int64_t upstream_row_stride;
+  const char* op_name;
+};
+
 // Rows [row_begin, row_end). out: acc_t [N, K] for the loss modes, scalar_t [N, K] for the gradient modes.
-template <typename scalar_t, typename acc_t, bool kGammaTwo, Mode kMode>
+template <typename scalar_t, typename acc_t, class Element, Mode kMode>
 void process_rows(
     const scalar_t* logits,
-    int64_t row_stride,
-    int64_t num_classes,
-    const LabelReader& labels,
+    const RowInputs<acc_t>& in,
+    const Element& element,
+    const VecConstants<acc_t>& c,
     int64_t row_begin,
     int64_t row_end,
-    const VecConstants<acc_t>& c,
     void* out,
-    const acc_t* upstream,
-    int64_t upstream_row_stride,
     double* block_sum,
     int64_t* block_valid_rows) {
   constexpr bool kSameType = std::is_same_v<scalar_t, acc_t>;
@@ -149,11 +218,11 @@ void process_rows(
   acc_t grad_buffer[kSameType ? 1 : kChunk];
   Vectorized<acc_t> sum(acc_t(0));
   int64_t valid_rows = 0;
-  const int64_t K = num_classes;
+  const int64_t K = in.num_classes;
   for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t label = labels(row);
+    const int64_t label = in.labels(row);
     if (label < -1 || label > K) {
-      throw_bad_label(row, label, K);
+      throw_bad_label(in.op_name, row, label, K);
     }
     if (label < 0) {  // ignored anchor: no loss, zero gradient
       if constexpr (kMode == Mode::LossElementwise) {
@@ -164,7 +233,16 @@ void process_rows(
       continue;
     }
     ++valid_rows;
-    const scalar_t* x_row = logits + row * row_stride;
+    acc_t quality = 0;
+    if constexpr (Element::kReadsQuality) {
+      if (label < K) {  // read on labelled rows only: background rows have no target
+        quality = in.quality[row * in.quality_stride];
+        if (!(quality >= acc_t(0) && quality <= acc_t(1))) {  // NaN fails too
+          throw_bad_quality(in.op_name, row, static_cast<double>(quality));
+        }
+      }
+    }
+    const scalar_t* x_row = logits + row * in.row_stride;
     for (int64_t j = 0; j < K; j += kChunk) {
       const int64_t n = std::min(kChunk, K - j);
       const acc_t* x;
@@ -184,8 +262,8 @@ void process_rows(
           o = grad_buffer;
         }
       }
-      const acc_t* up = kMode == Mode::GradTimesUpstream ? upstream + row * upstream_row_stride + j : nullptr;
-      process_row<acc_t, kGammaTwo, kMode>(x, n, label - j, c, sum, o, up);
+      const acc_t* up = kMode == Mode::GradTimesUpstream ? in.upstream + row * in.upstream_row_stride + j : nullptr;
+      process_row<acc_t, Element, kMode>(x, n, label - j, quality, element, c, sum, o, up);
       if constexpr (kGradMode && !kSameType) {
         at::vec::convert(grad_buffer, static_cast<scalar_t*>(out) + row * K + j, n);
       }
@@ -198,11 +276,32 @@ void process_rows(
   }
 }
 
+// Calls fn(element) with the element of `spec`, its constant exponent 2 (the common case) as a compile-time flag.
+template <typename acc_t, typename Fn>
+void with_element(const LossSpec& spec, Fn&& fn) {
+  switch (spec.kind) {
+    case LossKind::SigmoidFocal:
+      if (spec.focal.gamma_is_two) {
+        fn(SigmoidFocalElement<acc_t, true>(spec));
+      } else {
+        fn(SigmoidFocalElement<acc_t, false>(spec));
+      }
+      break;
+    case LossKind::QualityFocal:
+      if (spec.beta == 2.0) {
+        fn(QualityFocalElement<acc_t, true>(spec));
+      } else {
+        fn(QualityFocalElement<acc_t, false>(spec));
+      }
+      break;
+  }
+}
+
 template <Mode kMode>
 void run(
     const at::Tensor& logits,
     const at::Tensor& labels,
-    const FocalLossParams& params,
+    const LossSpec& spec,
     double scale,
     void* out,
     const at::Tensor& upstream,
@@ -215,65 +314,61 @@ void run(
   }
   const int64_t block_rows = rows_per_block(K);
   const int64_t num_blocks = (N + block_rows - 1) / block_rows;
-  const LabelReader label_reader{labels.const_data_ptr(), labels.stride(0), labels.scalar_type() == at::kInt};
-  const int64_t row_stride = logits.stride(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "sigmoid_focal_loss_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focal_loss_cpu_kernels", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const VecConstants<acc_t> constants(params, scale);
-    const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    const acc_t* up = nullptr;
-    int64_t up_row_stride = 0;
-    if constexpr (kMode == Mode::GradTimesUpstream) {
-      up = upstream.const_data_ptr<acc_t>();
-      up_row_stride = upstream.stride(0);
+    RowInputs<acc_t> in{};
+    in.row_stride = logits.stride(0);
+    in.num_classes = K;
+    in.labels = LabelReader{labels.const_data_ptr(), labels.stride(0), labels.scalar_type() == at::kInt};
+    if (spec.kind == LossKind::QualityFocal) {
+      in.quality = spec.quality.const_data_ptr<acc_t>();
+      in.quality_stride = spec.quality.stride(0);
     }
-    auto launch = [&](auto gamma_is_two) {
-      constexpr bool kGammaTwo = decltype(gamma_is_two)::value;
+    if constexpr (kMode == Mode::GradTimesUpstream) {
+      in.upstream = upstream.const_data_ptr<acc_t>();
+      in.upstream_row_stride = upstream.stride(0);
+    }
+    in.op_name = spec.op_name;
+    const VecConstants<acc_t> constants(scale);
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    with_element<acc_t>(spec, [&](const auto& element) {
+      using Element = std::decay_t<decltype(element)>;
       at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
         for (int64_t b = block_begin; b < block_end; ++b) {
           const int64_t row_begin = b * block_rows;
           const int64_t row_end = std::min(N, row_begin + block_rows);
           double* sum_slot = kMode == Mode::LossSum ? partial_sums + b : nullptr;
           int64_t* valid_slot = kMode == Mode::LossSum ? partial_valid_rows + b : nullptr;
-          process_rows<scalar_t, acc_t, kGammaTwo, kMode>(
-              x, row_stride, K, label_reader, row_begin, row_end, constants, out, up, up_row_stride, sum_slot,
-              valid_slot);
+          process_rows<scalar_t, acc_t, Element, kMode>(
+              x, in, element, constants, row_begin, row_end, out, sum_slot, valid_slot);
         }
       });
-    };
-    if (params.gamma_is_two) {
-      launch(std::true_type{});
-    } else {
-      launch(std::false_type{});
-    }
+    });
   });
 }
 
 void forward_elementwise(
-    const at::Tensor& logits, const at::Tensor& labels, const FocalLossParams& params, double scale, at::Tensor& loss_out) {
-  run<Mode::LossElementwise>(logits, labels, params, scale, loss_out.data_ptr(), at::Tensor(), nullptr, nullptr);
+    const at::Tensor& logits, const at::Tensor& labels, const LossSpec& spec, double scale, at::Tensor& loss_out) {
+  run<Mode::LossElementwise>(logits, labels, spec, scale, loss_out.data_ptr(), at::Tensor(), nullptr, nullptr);
 }
 
 void forward_partial_sums(
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const FocalLossParams& params,
-    double* partial_sums,
+    const at::Tensor& logits, const at::Tensor& labels, const LossSpec& spec, double* partial_sums,
     int64_t* valid_rows) {
-  run<Mode::LossSum>(logits, labels, params, 1.0, nullptr, at::Tensor(), partial_sums, valid_rows);
+  run<Mode::LossSum>(logits, labels, spec, 1.0, nullptr, at::Tensor(), partial_sums, valid_rows);
 }
 
 void backward(
     const at::Tensor& logits,
     const at::Tensor& labels,
-    const FocalLossParams& params,
+    const LossSpec& spec,
     double scale,
     const at::Tensor& grad_loss,
     at::Tensor& grad_logits) {
   if (grad_loss.defined()) {
-    run<Mode::GradTimesUpstream>(logits, labels, params, scale, grad_logits.data_ptr(), grad_loss, nullptr, nullptr);
+    run<Mode::GradTimesUpstream>(logits, labels, spec, scale, grad_logits.data_ptr(), grad_loss, nullptr, nullptr);
   } else {
-    run<Mode::Grad>(logits, labels, params, scale, grad_logits.data_ptr(), at::Tensor(), nullptr, nullptr);
+    run<Mode::Grad>(logits, labels, spec, scale, grad_logits.data_ptr(), at::Tensor(), nullptr, nullptr);
   }
 }
 

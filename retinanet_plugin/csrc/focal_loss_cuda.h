@@ -1,6 +1,8 @@
-// Launchers of the CUDA focal loss kernels (focal_loss_cuda.cu). Plain types only, so the .cu file needs no
+// Launchers of the CUDA kernels of the focal losses (focal_loss_cuda.cu). Plain types only, so the .cu file needs no
 // ATen headers and compiles quickly for every architecture; focal_loss_cuda_ops.cpp does the ATen side.
 #pragma once
+
+#include "loss_kind.h"
 
 #include <cuda_runtime_api.h>
 
@@ -22,10 +24,14 @@ struct Problem {
   const void* labels = nullptr;  // [rows] int32 or int64, any stride
   bool labels_int32 = false;
   int64_t label_stride = 1;
-  double gamma = 2.0;
+  LossKind kind = LossKind::SigmoidFocal;
+  double gamma = 2.0;  // SigmoidFocal
   double weight_positive = 0.25;
   double weight_negative = 0.75;
   bool gamma_is_two = true;
+  double beta = 2.0;              // QualityFocal
+  const void* quality = nullptr;  // QualityFocal: [rows] acc, any stride; each value in [0, 1] (device assertion)
+  int64_t quality_stride = 1;
   const void* normalizer = nullptr;  // one acc value on the device, or nullptr
   double divisor = 1.0;              // the result is divided by divisor * normalizer
   int max_blocks = 1;                // grid cap (multiprocessors * resident blocks per multiprocessor)

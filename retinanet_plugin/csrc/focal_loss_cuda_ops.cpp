@@ -1,6 +1,6 @@
-// The CUDA focal loss ops, ATen side: checks, allocation on the caching allocator, the normaliser kept on the
-// device (no host synchronisation anywhere, so the op can be captured in a CUDA graph), kernel launches.
-// In a build without CUDA these ops raise an error that says how to rebuild.
+// The CUDA driver of the focal losses, ATen side: allocation on the caching allocator, the normaliser kept on the
+// device (no host synchronisation anywhere, so the ops can be captured in a CUDA graph), kernel launches. In a build
+// without CUDA the driver raises an error that says how to rebuild.
 #include "focal_loss.h"
 
 #include <c10/util/Exception.h>
@@ -31,7 +31,7 @@ cuda::LogitsType logits_type(at::ScalarType dtype) {
     case at::kBFloat16:
       return cuda::LogitsType::BFloat16;
     default:
-      TORCH_CHECK(false, "sigmoid_focal_loss: unsupported logits dtype ", dtype);
+      TORCH_CHECK(false, "retinanet_plugin focal loss op: unsupported logits dtype ", dtype);
   }
 }
 
@@ -44,16 +44,14 @@ int resident_blocks(int device) {
   return multiprocessors * std::max(1, threads_per_multiprocessor / 256);
 }
 
-// The problem description; `normalizer_on_device` must outlive the launches.
+// The problem description; `normalizer_on_device` and `spec` (its quality) must outlive the launches.
 cuda::Problem make_problem(
+    const LossSpec& spec,
     const at::Tensor& logits,
     const at::Tensor& labels,
     const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
     double divisor,
     at::Tensor& normalizer_on_device) {
-  const FocalLossParams params = make_focal_loss_params(gamma, alpha);
   cuda::Problem p;
   p.logits = logits.const_data_ptr();
   p.type = logits_type(logits.scalar_type());
@@ -64,10 +62,16 @@ cuda::Problem make_problem(
   p.labels = labels.const_data_ptr();
   p.labels_int32 = labels.scalar_type() == at::kInt;
   p.label_stride = labels.stride(0);
-  p.gamma = params.gamma;
-  p.weight_positive = params.weight_positive;
-  p.weight_negative = params.weight_negative;
-  p.gamma_is_two = params.gamma_is_two;
+  p.kind = spec.kind;
+  p.gamma = spec.focal.gamma;
+  p.weight_positive = spec.focal.weight_positive;
+  p.weight_negative = spec.focal.weight_negative;
+  p.gamma_is_two = spec.focal.gamma_is_two;
+  p.beta = spec.beta;
+  if (spec.kind == LossKind::QualityFocal) {
+    p.quality = spec.quality.const_data_ptr();
+    p.quality_stride = spec.quality.stride(0);
+  }
   p.divisor = divisor;
   if (normalizer.has_value()) {
     if (normalizer->device().is_cpu()) {
@@ -84,20 +88,13 @@ cuda::Problem make_problem(
 
 }  // namespace
 
-at::Tensor sigmoid_focal_loss_cuda(
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor) {
-  const Reduction mode = check_focal_loss_args("sigmoid_focal_loss", logits, labels, normalizer, gamma, reduction);
+at::Tensor loss_forward_cuda(const LossSpec& spec, const at::Tensor& logits, const at::Tensor& labels,
+    const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto acc_options = logits.options().dtype(focal_loss_accumulate_type(logits.scalar_type()));
   at::Tensor normalizer_on_device;
-  const cuda::Problem p = make_problem(logits, labels, normalizer, gamma, alpha, divisor, normalizer_on_device);
-  if (mode == Reduction::None) {
+  const cuda::Problem p = make_problem(spec, logits, labels, normalizer, divisor, normalizer_on_device);
+  if (reduction == Reduction::None) {
     at::Tensor loss = at::empty({p.rows, p.cols}, acc_options);
     C10_CUDA_CHECK(cuda::launch_forward_elementwise(p, loss.data_ptr()));
     return loss;
@@ -107,33 +104,23 @@ at::Tensor sigmoid_focal_loss_cuda(
   at::Tensor partial_counts = at::empty({blocks}, logits.options().dtype(at::kLong));
   at::Tensor loss = at::empty({}, acc_options);
   C10_CUDA_CHECK(cuda::launch_forward_reduce(
-      p, mode == Reduction::Mean, partial_sums.data_ptr(), partial_counts.data_ptr<int64_t>(), loss.data_ptr()));
+      p, reduction == Reduction::Mean, partial_sums.data_ptr(), partial_counts.data_ptr<int64_t>(), loss.data_ptr()));
   return loss;
 }
 
-at::Tensor sigmoid_focal_loss_backward_cuda(
-    const at::Tensor& grad,
-    const at::Tensor& logits,
-    const at::Tensor& labels,
-    const std::optional<at::Tensor>& normalizer,
-    double gamma,
-    double alpha,
-    c10::string_view reduction,
-    double divisor) {
-  const char* op_name = "sigmoid_focal_loss_backward";
-  const Reduction mode = check_focal_loss_args(op_name, logits, labels, normalizer, gamma, reduction);
-  check_focal_loss_grad(op_name, grad, logits, mode);
+at::Tensor loss_backward_cuda(const LossSpec& spec, const at::Tensor& grad, const at::Tensor& logits,
+    const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::ScalarType acc_type = focal_loss_accumulate_type(logits.scalar_type());
   at::Tensor normalizer_on_device;
-  const cuda::Problem p = make_problem(logits, labels, normalizer, gamma, alpha, divisor, normalizer_on_device);
-  const at::Tensor upstream = mode == Reduction::None ? grad.to(acc_type) : grad.reshape({}).to(acc_type).contiguous();
+  const cuda::Problem p = make_problem(spec, logits, labels, normalizer, divisor, normalizer_on_device);
+  const bool elementwise = reduction == Reduction::None;
+  const at::Tensor upstream = elementwise ? grad.to(acc_type) : grad.reshape({}).to(acc_type).contiguous();
   at::Tensor valid_rows;  // on the device: mean divides by (non-ignored rows) * K without a host read
-  if (mode == Reduction::Mean) {
+  if (reduction == Reduction::Mean) {
     valid_rows = labels.ge(0).sum().to(at::kLong);
   }
   at::Tensor grad_logits = at::empty({p.rows, p.cols}, logits.options());
-  const bool elementwise = mode == Reduction::None;
   C10_CUDA_CHECK(cuda::launch_backward(
       p, upstream.const_data_ptr(), elementwise, elementwise ? upstream.stride(0) : 0, elementwise ? upstream.stride(1) : 0,
       valid_rows.defined() ? valid_rows.const_data_ptr<int64_t>() : nullptr, grad_logits.data_ptr()));
@@ -143,26 +130,19 @@ at::Tensor sigmoid_focal_loss_backward_cuda(
 #else  // built without CUDA
 
 static const char* kBuiltWithoutCuda =
-    "retinanet_plugin._C was built without CUDA kernels, so sigmoid_focal_loss cannot run on a CUDA tensor. "
+    ": retinanet_plugin._C was built without CUDA kernels, so this op cannot run on a CUDA tensor. "
     "Rebuild it with a CUDA toolkit: `FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .` "
     "in the retinanet_plugin folder (TORCH_CUDA_ARCH_LIST selects the GPU architectures), or move the tensors to "
     "the CPU, or set MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL to 'reference'";
 
-at::Tensor sigmoid_focal_loss_cuda(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double, c10::string_view, double) {
-  TORCH_CHECK(false, kBuiltWithoutCuda);
+at::Tensor loss_forward_cuda(const LossSpec& spec, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, Reduction, double) {
+  TORCH_CHECK(false, spec.op_name, kBuiltWithoutCuda);
 }
 
-at::Tensor sigmoid_focal_loss_backward_cuda(
-    const at::Tensor&,
-    const at::Tensor&,
-    const at::Tensor&,
-    const std::optional<at::Tensor>&,
-    double,
-    double,
-    c10::string_view,
-    double) {
-  TORCH_CHECK(false, kBuiltWithoutCuda);
+at::Tensor loss_backward_cuda(const LossSpec& spec, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, Reduction, double) {
+  TORCH_CHECK(false, spec.op_name, kBuiltWithoutCuda);
 }
 
 #endif  // WITH_CUDA

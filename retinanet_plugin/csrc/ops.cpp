@@ -1,8 +1,9 @@
 // Registration of the focal loss ops in the `retinanet_plugin` torch.library namespace (schemas and the CPU and
-// CUDA kernels; the fake kernels and the autograd formula are registered from Python, in
-// retinanet_plugin/layers/sigmoid_focal_loss.py), and the Python module `retinanet_plugin._C` whose import loads
-// them.
+// CUDA kernels; the fake kernels and the autograd formulas are registered from Python, in
+// retinanet_plugin/layers/sigmoid_focal_loss.py and quality_focal_loss.py), and the Python module
+// `retinanet_plugin._C` whose import loads them.
 #include "focal_loss.h"
+#include "quality_focal_loss.h"
 
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
@@ -19,17 +20,42 @@ TORCH_LIBRARY(retinanet_plugin, m) {
   m.def(
       "sigmoid_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor? normalizer, float gamma, "
       "float alpha, str reduction, float divisor) -> Tensor");
+
+  m.set_python_module("retinanet_plugin.layers.quality_focal_loss");
+  // Quality focal loss (Generalized Focal Loss) of logits [N, K] against integer labels [N] (as above) and a soft
+  // target quality [N] in [0, 1] for each labelled row's class (read on rows labelled 0..K-1 only; no gradient),
+  // with exponent beta, divided by divisor * normalizer. Output as for sigmoid_focal_loss.
+  m.def(
+      "quality_focal_loss(Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, float beta, "
+      "str reduction, float divisor) -> Tensor");
+  // Gradient w.r.t. logits (logits dtype, contiguous) given the upstream gradient of the forward's output.
+  m.def(
+      "quality_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, "
+      "float beta, str reduction, float divisor) -> Tensor");
 }
 
+namespace retinanet_plugin {
+namespace {
+
+// Every op's kernel for one device: the same entry points on that device's drivers.
+template <LossForward& kForward, LossBackward& kBackward>
+void register_kernels(torch::Library& m) {
+  m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_op<kForward>);
+  m.impl("sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_op<kBackward>);
+  m.impl("quality_focal_loss", &quality_focal_loss_op<kForward>);
+  m.impl("quality_focal_loss_backward", &quality_focal_loss_backward_op<kBackward>);
+}
+
+}  // namespace
+}  // namespace retinanet_plugin
+
 TORCH_LIBRARY_IMPL(retinanet_plugin, CPU, m) {
-  m.impl("sigmoid_focal_loss", &retinanet_plugin::sigmoid_focal_loss_cpu);
-  m.impl("sigmoid_focal_loss_backward", &retinanet_plugin::sigmoid_focal_loss_backward_cpu);
+  retinanet_plugin::register_kernels<retinanet_plugin::loss_forward_cpu, retinanet_plugin::loss_backward_cpu>(m);
 }
 
 // In a build without CUDA these raise an error that says how to rebuild.
 TORCH_LIBRARY_IMPL(retinanet_plugin, CUDA, m) {
-  m.impl("sigmoid_focal_loss", &retinanet_plugin::sigmoid_focal_loss_cuda);
-  m.impl("sigmoid_focal_loss_backward", &retinanet_plugin::sigmoid_focal_loss_backward_cuda);
+  retinanet_plugin::register_kernels<retinanet_plugin::loss_forward_cuda, retinanet_plugin::loss_backward_cuda>(m);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,5 +1,13 @@
-"""Layers of the plugin: the sigmoid focal loss op and its reference expression."""
+"""Layers of the plugin: the sigmoid and quality focal loss ops and their reference expressions."""
 from .focal_loss_reference import sigmoid_focal_loss_reference
+from .quality_focal_loss import quality_focal_loss
+from .quality_focal_loss_reference import quality_focal_loss_reference
 from .sigmoid_focal_loss import focal_loss_op_available, sigmoid_focal_loss
 
-__all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_reference", "focal_loss_op_available"]
+__all__ = [
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_reference",
+    "focal_loss_op_available",
+    "quality_focal_loss",
+    "quality_focal_loss_reference",
+]
