@@ -38,6 +38,13 @@ def add_retinanet_plugin_config(cfg):
     # Classification loss implementation: "op" (the custom sigmoid focal loss kernel, retinanet_plugin._C)
     # or "reference" (the composite PyTorch expression on a one-hot target, as fvcore writes it).
     node.FOCAL_LOSS_IMPL = "op"
+    # Classification loss: "focal" (the paper's sigmoid focal loss, MODEL.RETINANET.FOCAL_LOSS_GAMMA/ALPHA) or
+    # "quality_focal" (Generalized Focal Loss, Li et al. 2020: the positive class's target is the IoU of the anchor's
+    # predicted box with its ground truth, modulated by |target - p|^QUALITY_FOCAL_LOSS_BETA; no alpha). Either one
+    # uses the implementation FOCAL_LOSS_IMPL names. The box loss is MODEL.RETINANET.BBOX_REG_LOSS_TYPE (smooth_l1,
+    # giou, diou, ciou), as in Detectron2.
+    node.CLASSIFICATION_LOSS = "focal"
+    node.QUALITY_FOCAL_LOSS_BETA = 2.0
     # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM, NESTEROV) or
     # "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*, BIAS_LR_FACTOR and CLIP_GRADIENTS.
     node.OPTIMIZER = "SGD"

@@ -121,10 +121,12 @@ def _batch(small_cfg_hw=(192, 256)):
     return [{"image": im, "instances": inst} for im, inst in zip(images, instances)]
 
 
-@pytest.mark.parametrize("box_loss", ["smooth_l1", "giou"])
-def test_loss_computation_needs_no_host_sync(small_cfg, box_loss):
+@pytest.mark.parametrize("box_loss, cls_loss", [("smooth_l1", "focal"), ("giou", "quality_focal")])
+def test_loss_computation_needs_no_host_sync(small_cfg, box_loss, cls_loss):
     """Anchor labelling, both losses and their backward run without one op that would sync a GPU."""
-    model = build_model(small_cfg(**{"MODEL.RETINANET.BBOX_REG_LOSS_TYPE": box_loss}))
+    model = build_model(small_cfg(**{
+        "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": box_loss, "MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS": cls_loss,
+    }))
     model._metrics = RecordingLogger()  # on the CPU it writes the value at once; on a GPU it defers the copy
     batch = _batch()
     images = model.preprocess_image(batch)

@@ -18,8 +18,14 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import smooth_l1_loss
 
-from ..layers import focal_loss_op_available, sigmoid_focal_loss, sigmoid_focal_loss_reference
-from ..layers.giou_loss import giou_loss
+from ..layers import (
+    focal_loss_op_available,
+    quality_focal_loss,
+    quality_focal_loss_reference,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_reference,
+)
+from ..layers.giou_loss import aligned_box_iou, giou_loss
 from ..utils.device_scalar_logger import DeviceScalarLogger
 from .anchor_labeling import DEFAULT_CHUNK_ELEMENTS, match_anchors
 from .box_transform import SyncFreeBox2BoxTransform
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
 NORMALIZERS = ("ema", "batch")
 FOCAL_LOSS_IMPLS = {"op": sigmoid_focal_loss, "reference": sigmoid_focal_loss_reference}
+QUALITY_FOCAL_LOSS_IMPLS = {"op": quality_focal_loss, "reference": quality_focal_loss_reference}
+CLASSIFICATION_LOSSES = ("focal", "quality_focal")
 
 
 @META_ARCH_REGISTRY.register()
@@ -57,6 +65,8 @@ class RetinaNetPlugin(DenseDetector):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         focal_loss_impl: str = "op",
+        classification_loss: str = "focal",
+        quality_focal_loss_beta: float = 2.0,
         smooth_l1_beta: float = 0.0,
         box_reg_loss_type: str = "smooth_l1",
         loss_normalizer: str = "ema",
@@ -79,6 +89,12 @@ class RetinaNetPlugin(DenseDetector):
             raise ValueError(
                 f"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL must be one of {tuple(FOCAL_LOSS_IMPLS)}, got {focal_loss_impl!r}"
             )
+        if classification_loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(
+                f"MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS must be one of {CLASSIFICATION_LOSSES}, got {classification_loss!r}"
+            )
+        if not quality_focal_loss_beta >= 0:
+            raise ValueError(f"MODEL.RETINANET_PLUGIN.QUALITY_FOCAL_LOSS_BETA must be >= 0, got {quality_focal_loss_beta}")
         if focal_loss_impl == "op" and not focal_loss_op_available():
             raise RuntimeError(
                 "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL is 'op' but retinanet_plugin._C is not built: run "
@@ -94,6 +110,8 @@ class RetinaNetPlugin(DenseDetector):
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.focal_loss_impl = focal_loss_impl
+        self.classification_loss = classification_loss
+        self.quality_focal_loss_beta = quality_focal_loss_beta
         self.smooth_l1_beta = smooth_l1_beta
         self.box_reg_loss_type = box_reg_loss_type
         self.loss_normalizer_mode = loss_normalizer
@@ -141,6 +159,8 @@ class RetinaNetPlugin(DenseDetector):
             "focal_loss_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "focal_loss_impl": plugin.FOCAL_LOSS_IMPL,
+            "classification_loss": plugin.CLASSIFICATION_LOSS,
+            "quality_focal_loss_beta": plugin.QUALITY_FOCAL_LOSS_BETA,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
             "loss_normalizer": plugin.LOSS_NORMALIZER,
@@ -213,7 +233,7 @@ class RetinaNetPlugin(DenseDetector):
         return self.loss_normalizer.clone()
 
     def losses(self, anchors: Tensor, logits: List[Tensor], gt_labels: Tensor, deltas: List[Tensor], gt_boxes: Tensor) -> Dict[str, Tensor]:
-        """Focal loss over all non-ignored anchors and box loss over foreground anchors, in fp32.
+        """Focal (or quality focal) loss over all non-ignored anchors and box loss over foreground anchors, in fp32.
 
         Args:
             anchors: [R, 4] all levels' anchors.
@@ -226,17 +246,28 @@ class RetinaNetPlugin(DenseDetector):
         self._metrics.put("num_pos_anchors", num_foreground / num_images)
         normalizer = self._update_normalizer(num_foreground)
 
-        focal_loss = FOCAL_LOSS_IMPLS[self.focal_loss_impl]
-        loss_cls = focal_loss(
-            cat(logits, dim=1).reshape(-1, self.num_classes),
-            gt_labels.reshape(-1),
-            gamma=self.focal_loss_gamma,
-            alpha=self.focal_loss_alpha,
-            reduction="sum",
-            normalizer=normalizer,
-        )
-        loss_box_reg = self._box_loss(anchors, cat(deltas, dim=1).float(), gt_boxes, foreground)
+        logits = cat(logits, dim=1).reshape(-1, self.num_classes)
+        deltas = cat(deltas, dim=1).float()
+        if self.classification_loss == "focal":
+            loss_cls = FOCAL_LOSS_IMPLS[self.focal_loss_impl](
+                logits, gt_labels.reshape(-1), gamma=self.focal_loss_gamma, alpha=self.focal_loss_alpha,
+                reduction="sum", normalizer=normalizer,
+            )
+        else:
+            loss_cls = QUALITY_FOCAL_LOSS_IMPLS[self.focal_loss_impl](
+                logits, gt_labels.reshape(-1), self._predicted_box_quality(anchors, deltas, gt_boxes),
+                beta=self.quality_focal_loss_beta, reduction="sum", normalizer=normalizer,
+            )
+        loss_box_reg = self._box_loss(anchors, deltas, gt_boxes, foreground)
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
+
+    @torch.no_grad()
+    def _predicted_box_quality(self, anchors: Tensor, deltas: Tensor, gt_boxes: Tensor) -> Tensor:
+        """[N * R] IoU of each anchor's predicted box with its matched ground truth: the quality focal loss's
+        target on foreground anchors (a constant: no gradient flows through it; unused elsewhere)."""
+        anchors = _tile_over_images(anchors, deltas.shape[0])
+        pred_boxes = self.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors)
+        return aligned_box_iou(pred_boxes, gt_boxes.reshape(-1, 4)).clamp(0.0, 1.0)
 
     def _box_loss(self, anchors: Tensor, deltas: Tensor, gt_boxes: Tensor, foreground: Tensor) -> Tensor:
         """Summed box regression loss over the foreground anchors.
@@ -244,8 +275,7 @@ class RetinaNetPlugin(DenseDetector):
         Computed for all [N, R] anchors and masked with ``torch.where`` (no data-dependent shapes, so no host
         sync); ``gt_boxes`` is the anchor itself off the foreground, so every term is finite.
         """
-        num_images = deltas.shape[0]
-        anchors = anchors.unsqueeze(0).expand(num_images, -1, -1).reshape(-1, 4)
+        anchors = _tile_over_images(anchors, deltas.shape[0])
         deltas, gt_boxes = deltas.reshape(-1, 4), gt_boxes.reshape(-1, 4)
         if self.box_reg_loss_type == "smooth_l1":
             target = self.box2box_transform.get_deltas(anchors, gt_boxes)
@@ -275,3 +305,8 @@ class RetinaNetPlugin(DenseDetector):
             nms_thresh=self.test_nms_thresh,
             max_detections_per_image=self.max_detections_per_image,
         )
+
+
+def _tile_over_images(anchors: Tensor, num_images: int) -> Tensor:
+    """[N * R, 4]: the [R, 4] anchors once per image, in the order of ``deltas.reshape(-1, 4)``."""
+    return anchors.unsqueeze(0).expand(num_images, -1, -1).reshape(-1, 4)
