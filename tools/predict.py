@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""Run ``DefaultPredictor`` on image files and write the detections drawn with Detectron2's ``Visualizer``.
+"""Run the model on image files, ``--batch-size`` images per forward, and write the detections drawn with
+Detectron2's ``Visualizer``.
 
     python tools/predict.py --config-file CONFIG.yaml --input a.jpg dir/ 'imgs/*.png' --output out/ \
-        [--mosaic out/all.png] MODEL.WEIGHTS model_final.pth
+        [--batch-size 4] [--mosaic out/all.png] MODEL.WEIGHTS model_final.pth
+
+Preprocessing is ``DefaultPredictor``'s (``retinanet_plugin.engine.BatchPredictor``); with ``--batch-size 1`` (the
+default) each image gets exactly ``DefaultPredictor``'s detections. In a larger batch, images are padded to the
+largest one, which can change the detections of smaller images near their bottom and right borders.
 """
 import argparse
 import glob
@@ -13,10 +18,10 @@ import sys
 import cv2
 import numpy as np
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from retinanet_plugin.engine import config_from_file
+from retinanet_plugin.engine.batch_predictor import BatchPredictor
 from retinanet_plugin.utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -30,6 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--confidence-threshold", type=float, default=0.3, help="lowest score drawn")
     parser.add_argument("--mosaic", default="", help="also write all drawn images tiled into this file")
     parser.add_argument("--max-images", type=int, default=0, help="use only the first N inputs (0: all)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward of the model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     return parser.parse_args(argv)
 
@@ -76,37 +82,48 @@ def write_png(path, rgb):
     atomic_write(path, lambda f: f.write(data.tobytes()))
 
 
+def read_image(path):
+    """BGR uint8, which the predictor expects whatever INPUT.FORMAT is."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path!r}")
+    return image
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup_cfg(args)
     paths = expand_inputs(args.input)
     if args.max_images > 0:
         paths = paths[: args.max_images]
-    predictor = DefaultPredictor(cfg)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    predictor = BatchPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     os.makedirs(args.output, exist_ok=True)
     drawn, records = [], []
-    for index, path in enumerate(paths):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, which DefaultPredictor expects whatever INPUT.FORMAT is
-        if image is None:
-            raise ValueError(f"cannot read image {path!r}")
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= args.confidence_threshold]
-        vis = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances).get_image()
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out_path = os.path.join(args.output, f"{index:04d}_{stem}_pred.png")  # unique even for equal file names
-        write_png(out_path, vis)
-        drawn.append(vis)
-        records.append(
-            {
-                "file": path,
-                "drawn": out_path,
-                "boxes_xyxy": instances.pred_boxes.tensor.tolist(),
-                "scores": instances.scores.tolist(),
-                "classes": instances.pred_classes.tolist(),
-            }
-        )
-        print(f"{path}: {len(instances)} detections -> {out_path}")
+    for first in range(0, len(paths), args.batch_size):
+        batch_paths = paths[first : first + args.batch_size]
+        images = [read_image(path) for path in batch_paths]
+        outputs = predictor(images)
+        for index, path, image, output in zip(range(first, first + len(images)), batch_paths, images, outputs):
+            instances = output["instances"].to("cpu")
+            instances = instances[instances.scores >= args.confidence_threshold]
+            vis = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances).get_image()
+            stem = os.path.splitext(os.path.basename(path))[0]
+            out_path = os.path.join(args.output, f"{index:04d}_{stem}_pred.png")  # unique even for equal file names
+            write_png(out_path, vis)
+            drawn.append(vis)
+            records.append(
+                {
+                    "file": path,
+                    "drawn": out_path,
+                    "boxes_xyxy": instances.pred_boxes.tensor.tolist(),
+                    "scores": instances.scores.tolist(),
+                    "classes": instances.pred_classes.tolist(),
+                }
+            )
+            print(f"{path}: {len(instances)} detections -> {out_path}")
     atomic_write(os.path.join(args.output, "detections.json"), lambda f: f.write(json.dumps(records, indent=1).encode()))
     if args.mosaic:
         write_png(args.mosaic, tile(drawn))

@@ -1,4 +1,6 @@
-"""Training utilities: the trainer, its checkpointers and its guards against non-finite losses and weights."""
+"""Training utilities: the trainer, its checkpointers and its guards against non-finite losses and weights; and
+the batched predictor."""
+from .batch_predictor import BatchPredictor
 from .checked_checkpointer import CheckedDetectionCheckpointer, CheckpointMismatchError, CheckpointReadError
 from .checkpointer import AtomicDetectionCheckpointer
 from .config_setup import config_from_file
@@ -7,6 +9,7 @@ from .trainer import RetinaNetPluginTrainer, wrap_for_distributed
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "BatchPredictor",
     "CheckedDetectionCheckpointer",
     "CheckpointMismatchError",
     "CheckpointReadError",

@@ -97,21 +97,28 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
         return self.num_cell_anchors
 
     def _grid_anchors(self, level: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """[height * width * A, 4] anchors of ``level``, cached by size in eager mode. While tracing, compiling or
+        exporting they are computed from the (possibly symbolic) sizes, so the graph does not freeze one image size."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return self._compute_grid_anchors(level, height, width, device)
         key = (level, height, width, str(device))
         anchors = self._grid_cache.get(key)
         if anchors is None:
-            stride = self.strides[level]
-            xs = (torch.arange(width, dtype=torch.float32) + self.offset) * stride
-            ys = (torch.arange(height, dtype=torch.float32) + self.offset) * stride
-            shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
-            shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
-            anchors = (shifts + self._cell_anchors[level].view(1, -1, 4)).reshape(-1, 4).to(device)
+            anchors = self._compute_grid_anchors(level, height, width, device)
             self._grid_cache[key] = anchors
             if len(self._grid_cache) > self.GRID_CACHE_SIZE:
                 self._grid_cache.popitem(last=False)
         else:
             self._grid_cache.move_to_end(key)
         return anchors
+
+    def _compute_grid_anchors(self, level: int, height, width, device: torch.device) -> torch.Tensor:
+        stride = self.strides[level]
+        xs = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * stride
+        ys = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * stride
+        shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
+        return (shifts + self._cell_anchors[level].to(device).view(1, -1, 4)).reshape(-1, 4)
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
         """Per level, a ``Boxes`` of [H_i * W_i * A, 4] anchors in input-image pixels (XYXY)."""

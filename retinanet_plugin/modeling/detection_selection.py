@@ -1,12 +1,62 @@
-"""Inference post-processing: from dense per-level predictions to at most ``max_detections_per_image`` boxes."""
+"""Inference post-processing: from dense per-level predictions to at most ``max_detections_per_image`` boxes.
+
+Two forms share the candidate selection (:func:`top_candidates`), so they score and decode identically:
+
+* :func:`select_detections` (eager): per image, class-aware NMS with Detectron2's ``batched_nms``, giving a
+  variable-length ``Instances``. It is what the model runs, and what Detectron2's RetinaNet computes.
+* :func:`select_detections_padded` (export): all images at once, in tensors of a fixed size [N, D] plus a count
+  per image, with no Python loop or branch on data, so that ``torch.jit.trace``, ``torch.export`` and ONNX can
+  capture it with a dynamic batch and image size.
+"""
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
-from detectron2.layers import batched_nms, cat
+from detectron2.layers import batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
+from torchvision.ops import nms
+
+
+def _num_candidates(num_pairs, topk_candidates: int):
+    """min(topk_candidates, num_pairs), kept symbolic: a traced 0-dim tensor under ``torch.jit.trace``, a SymInt
+    under ``torch.export`` (so the exported graph is right for every image size), a plain int in eager mode."""
+    if isinstance(num_pairs, Tensor):
+        return num_pairs.clamp(max=topk_candidates)
+    return torch.sym_min(num_pairs, topk_candidates)
+
+
+def top_candidates(
+    anchors: List[Boxes],
+    logits: List[Tensor],
+    deltas: List[Tensor],
+    *,
+    box2box_transform: Box2BoxTransform,
+    topk_candidates: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per level and image, the ``topk_candidates`` best (anchor, class) pairs, decoded; levels concatenated.
+
+    Args:
+        anchors: per level, Boxes of [R_i, 4] (XYXY pixels).
+        logits, deltas: per level, [N, R_i, K] class logits and [N, R_i, 4] box deltas.
+    Returns:
+        boxes [N, C, 4] (XYXY pixels), scores [N, C] (sigmoid probabilities), classes [N, C] (int64), where
+        C = sum_i min(topk_candidates, R_i * K); level by level, each level's pairs best first.
+    """
+    boxes, scores, classes = [], [], []
+    for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
+        num_images, num_classes = logits_l.shape[0], logits_l.shape[-1]
+        scores_l = logits_l.detach().flatten(1).sigmoid()  # [N, R_i * K]
+        k = _num_candidates(scores_l.shape[1], topk_candidates)
+        top_scores, top_idx = scores_l.topk(k, dim=1)  # sorted, best first
+        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+        top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+        decoded = box2box_transform.apply_deltas(top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)])
+        boxes.append(decoded.view(num_images, -1, 4))
+        scores.append(top_scores)
+        classes.append(top_idx % num_classes)
+    return torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(classes, dim=1)
 
 
 def select_detections(
@@ -31,27 +81,101 @@ def select_detections(
     Returns:
         N ``Instances`` with ``pred_boxes`` (XYXY pixels), ``scores`` (sigmoid probabilities), ``pred_classes``.
     """
-    num_images = len(image_sizes)
-    per_image = [([], [], []) for _ in range(num_images)]
-    for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
-        num_classes = logits_l.shape[-1]
-        scores = logits_l.detach().flatten(1).sigmoid()  # [N, R_i * K]
-        k = min(topk_candidates, scores.shape[1])
-        top_scores, top_idx = scores.topk(k, dim=1)  # sorted, best first
-        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
-        classes = top_idx % num_classes
-        top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-        boxes = box2box_transform.apply_deltas(
-            top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)]
-        ).view(num_images, k, 4)
-        keep = top_scores > score_thresh
-        for i in range(num_images):
-            per_image[i][0].append(boxes[i][keep[i]])
-            per_image[i][1].append(top_scores[i][keep[i]])
-            per_image[i][2].append(classes[i][keep[i]])
+    boxes, scores, classes = top_candidates(
+        anchors, logits, deltas, box2box_transform=box2box_transform, topk_candidates=topk_candidates
+    )
+    above = scores > score_thresh
     results = []
-    for (boxes, scores, classes), image_size in zip(per_image, image_sizes):
-        boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
-        keep = batched_nms(boxes, scores, classes, nms_thresh)[:max_detections_per_image]
-        results.append(Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep]))
+    for i, image_size in enumerate(image_sizes):
+        boxes_i, scores_i, classes_i = boxes[i][above[i]], scores[i][above[i]], classes[i][above[i]]
+        keep = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections_per_image]
+        results.append(
+            Instances(image_size, pred_boxes=Boxes(boxes_i[keep]), scores=scores_i[keep], pred_classes=classes_i[keep])
+        )
     return results
+
+
+def nms_per_image_and_class(
+    boxes: Tensor, scores: Tensor, image_idx: Tensor, classes: Tensor, nms_thresh: float
+) -> Tensor:
+    """Greedy NMS that never lets a box suppress one of another image or class, in a single ``nms`` call.
+
+    Each (image, class) group is moved to its own tile of the plane (images along x, classes along y), so that
+    boxes of different groups never overlap. IoUs are computed on the moved coordinates: equal to the unmoved
+    ones up to float32 rounding at the tiles' magnitude (max(N, K) times the boxes' extent), the same kind of
+    rounding as torchvision's ``batched_nms`` coordinate trick, which offsets by class along both axes.
+
+    Args:
+        boxes: [M, 4] XYXY; scores, image_idx, classes: [M].
+    Returns:
+        indices (int64) of the kept boxes, by decreasing score.
+    """
+    low = boxes.min()
+    extent = boxes.max() - low + 1.0  # a tile is larger than every box
+    offset_x = image_idx.to(boxes.dtype) * extent
+    offset_y = classes.to(boxes.dtype) * extent
+    moved = boxes - low + torch.stack([offset_x, offset_y, offset_x, offset_y], dim=1)
+    return nms(moved, scores, nms_thresh)
+
+
+def select_detections_padded(
+    anchors: List[Boxes],
+    logits: List[Tensor],
+    deltas: List[Tensor],
+    *,
+    box2box_transform: Box2BoxTransform,
+    score_thresh: float,
+    topk_candidates: int,
+    nms_thresh: float,
+    max_detections_per_image: int,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`select_detections` for all images at once, in fixed-size tensors (for export).
+
+    The candidates are those of :func:`select_detections`; class-aware NMS runs per image and class through
+    :func:`nms_per_image_and_class`, so the two agree except where an IoU lies within float32 rounding of
+    ``nms_thresh`` (none in the tests). Detections are compacted to the front of each row, best first.
+
+    Returns:
+        boxes [N, D, 4] (XYXY pixels), scores [N, D], classes [N, D] (int64), num_detections [N] (int64), with
+        D = ``max_detections_per_image``; row i holds num_detections[i] detections, then padding (boxes 0,
+        score 0, class -1).
+    """
+    boxes, scores, classes = top_candidates(
+        anchors, logits, deltas, box2box_transform=box2box_transform, topk_candidates=topk_candidates
+    )
+    num_images = scores.shape[0]
+    image_idx = torch.arange(num_images, device=scores.device).unsqueeze(1).expand_as(scores)
+    # Only pairs above the threshold reach NMS (its cost grows with the square of their number).
+    above = (scores > score_thresh).flatten().nonzero().squeeze(1)
+    boxes = boxes.reshape(-1, 4)[above]
+    scores = scores.flatten()[above]
+    classes = classes.flatten()[above]
+    image_idx = image_idx.flatten()[above]
+    # Two dummy rows, of an image N of their own (so they never suppress, nor are suppressed by, a real box), keep
+    # every tensor non-empty and NMS's output at >= 2 boxes, which torchvision's fake nms (what torch.export
+    # traces) asserts at run time even where no pair passes the threshold. They sort last and fill the padding.
+    boxes = torch.cat([boxes, boxes.new_zeros(2, 4)])
+    scores = torch.cat([scores, scores.new_full((2,), -1.0)])
+    classes = torch.cat([classes, torch.arange(2, dtype=classes.dtype, device=classes.device)])
+    image_idx = torch.cat([image_idx, image_idx.new_full((2,), num_images)])
+    kept = nms_per_image_and_class(boxes, scores, image_idx, classes, nms_thresh)  # by decreasing score
+
+    # Group the kept boxes by image, keeping the score order inside each image: sort by a unique key.
+    kept_image = image_idx[kept]
+    position = torch.arange(kept.shape[0], device=kept.device)
+    order = torch.sort(kept_image * (kept.shape[0] + 1) + position).indices
+    kept, kept_image = kept[order], kept_image[order]
+    # Per image: how many boxes it kept and where its run starts; the dummies (image N) sort last.
+    kept_per_image = torch.zeros(num_images + 1, dtype=torch.int64, device=kept.device)
+    kept_per_image = kept_per_image.scatter_add(0, kept_image, torch.ones_like(kept_image))
+    starts = kept_per_image.cumsum(0) - kept_per_image
+    num_detections = kept_per_image[:num_images].clamp(max=max_detections_per_image)
+    slot = torch.arange(max_detections_per_image, device=kept.device).unsqueeze(0)  # [1, D]
+    filled = slot < num_detections.unsqueeze(1)  # [N, D]
+    dummy = kept_per_image.sum() - 1  # the last dummy row, last in the grouped order
+    source = torch.where(filled, starts[:num_images].unsqueeze(1) + slot, dummy)
+    source = kept[source]  # [N, D] rows into the candidates; the dummy row where not filled
+    out_boxes = torch.where(filled.unsqueeze(2), boxes[source], 0.0)
+    out_scores = torch.where(filled, scores[source], 0.0)
+    out_classes = torch.where(filled, classes[source], -1)
+    return out_boxes, out_scores, out_classes, num_detections
