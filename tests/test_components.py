@@ -162,6 +162,37 @@ def test_inference_caps_thresholds_and_clips(small_cfg):
         assert inst.pred_classes.min() >= 0 and inst.pred_classes.max() < 5
 
 
+def test_inference_leaves_the_predictions_untouched_and_both_selections_agree(small_cfg):
+    """Post-processing reads the head's outputs without changing them, and the eager selection (threshold, then
+    top-k) keeps the same detections as the export one (top-k, then threshold)."""
+    from retinanet_plugin.modeling.detection_selection import select_detections, select_detections_padded
+
+    torch.manual_seed(0)
+    model = build_model(small_cfg(**{"MODEL.RETINANET.TOPK_CANDIDATES_TEST": 50})).eval()
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": _image(160, 224)}, {"image": _image(160, 224, seed=3)}])
+        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+        logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
+        logits = [l + 1.0 for l in logits]  # many pairs above the threshold (top-k truncates), few equal scores
+        anchors = model.anchor_generator(features)
+        before = [l.clone() for l in logits]
+        kwargs = dict(box2box_transform=model.box2box_transform, score_thresh=0.05, topk_candidates=50, nms_thresh=0.5,
+                      max_detections_per_image=100)
+        eager = select_detections(anchors, logits, deltas, images.image_sizes, **kwargs)
+        boxes, scores, classes, counts = select_detections_padded(anchors, logits, deltas, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, logits))
+    def rows(b, s, c):  # detections as sorted rows: equal scores may come in either order
+        return sorted(zip(s.tolist(), c.tolist(), b.tolist()), key=lambda r: (-r[0], r[1], r[2]))
+
+    for i, instances in enumerate(eager):
+        n = len(instances)
+        assert 20 < n == int(counts[i])
+        expected = rows(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+        actual = rows(boxes[i, :n], scores[i, :n], classes[i, :n])
+        assert [r[:2] for r in actual] == [r[:2] for r in expected]
+        torch.testing.assert_close(torch.tensor([r[2] for r in actual]), torch.tensor([r[2] for r in expected]))
+
+
 def test_head_batch_norm_keeps_statistics_per_level(small_cfg):
     head = build_retinanet_plugin_head(small_cfg(**{"MODEL.RETINANET.NORM": "BN"}), LEVELS)
     norm = head.cls_subnet[1]

@@ -1,9 +1,11 @@
 """Inference post-processing: from dense per-level predictions to at most ``max_detections_per_image`` boxes.
 
-Two forms share the candidate selection (:func:`top_candidates`), so they score and decode identically:
+Two forms select the same candidates (per level, the best ``topk_candidates`` (anchor, class) pairs above the
+score threshold) and decode them with the same ``apply_deltas``:
 
-* :func:`select_detections` (eager): per image, class-aware NMS with Detectron2's ``batched_nms``, giving a
-  variable-length ``Instances``. It is what the model runs, and what Detectron2's RetinaNet computes.
+* :func:`select_detections` (eager): per image, threshold first and top-k of what passed (cheap: few pairs pass),
+  then class-aware NMS with Detectron2's ``batched_nms``, giving a variable-length ``Instances``. It is what the
+  model runs, and what Detectron2's RetinaNet computes.
 * :func:`select_detections_padded` (export): all images at once, in tensors of a fixed size [N, D] plus a count
   per image, with no Python loop or branch on data, so that ``torch.jit.trace``, ``torch.export`` and ONNX can
   capture it with a dynamic batch and image size.
@@ -71,8 +73,8 @@ def select_detections(
     nms_thresh: float,
     max_detections_per_image: int,
 ) -> List[Instances]:
-    """Per level, the top-k (anchor, class) pairs above the score threshold, for all images at once;
-    then per image, class-aware NMS over all levels and the best ``max_detections_per_image``.
+    """Per image and level, the top-k (anchor, class) pairs above the score threshold; then per image,
+    class-aware NMS over all levels and the best ``max_detections_per_image``.
 
     Args:
         anchors: per level, Boxes of [R_i, 4] (XYXY pixels).
@@ -81,13 +83,20 @@ def select_detections(
     Returns:
         N ``Instances`` with ``pred_boxes`` (XYXY pixels), ``scores`` (sigmoid probabilities), ``pred_classes``.
     """
-    boxes, scores, classes = top_candidates(
-        anchors, logits, deltas, box2box_transform=box2box_transform, topk_candidates=topk_candidates
-    )
-    above = scores > score_thresh
     results = []
     for i, image_size in enumerate(image_sizes):
-        boxes_i, scores_i, classes_i = boxes[i][above[i]], scores[i][above[i]], classes[i][above[i]]
+        boxes_i, scores_i, classes_i = [], [], []
+        for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
+            scores_l = logits_l[i].detach().flatten().sigmoid()  # [R_i * K]
+            # Threshold first, then top-k of what passed: a top-k over all R_i * K pairs costs far more on a CPU.
+            candidates = (scores_l > score_thresh).nonzero().squeeze(1)
+            top_scores, order = scores_l[candidates].topk(min(topk_candidates, candidates.numel()))
+            pair_idx = candidates[order]
+            anchor_idx = torch.div(pair_idx, logits_l.shape[-1], rounding_mode="floor")
+            boxes_i.append(box2box_transform.apply_deltas(deltas_l[i, anchor_idx].detach(), anchors_l.tensor[anchor_idx]))
+            scores_i.append(top_scores)
+            classes_i.append(pair_idx % logits_l.shape[-1])
+        boxes_i, scores_i, classes_i = torch.cat(boxes_i), torch.cat(scores_i), torch.cat(classes_i)
         keep = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections_per_image]
         results.append(
             Instances(image_size, pred_boxes=Boxes(boxes_i[keep]), scores=scores_i[keep], pred_classes=classes_i[keep])
