@@ -57,16 +57,7 @@ class ExportableRetinaNet(nn.Module):
         features = [features[f] for f in model.head_in_features]
         logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
         anchors = model.anchor_generator(features)
-        detections = select_detections_padded(
-            anchors,
-            logits,
-            deltas,
-            box2box_transform=model.box2box_transform,
-            score_thresh=model.test_score_thresh,
-            topk_candidates=model.test_topk_candidates,
-            nms_thresh=model.test_nms_thresh,
-            max_detections_per_image=model.max_detections_per_image,
-        )
+        detections = select_detections_padded(anchors, logits, deltas, **model.detection_selection_settings())
         return resize_padded_detections(*detections, image_sizes, output_sizes)
 
     def _check_inputs(self, images: Tensor, image_sizes: Tensor, output_sizes: Tensor) -> None:

@@ -294,17 +294,17 @@ class RetinaNetPlugin(DenseDetector):
 
     def inference(self, anchors: List[Boxes], logits: List[Tensor], deltas: List[Tensor], image_sizes) -> List[Instances]:
         """Detections per image from per-level ``logits`` [N, R_i, K] and ``deltas`` [N, R_i, 4]."""
-        return select_detections(
-            anchors,
-            logits,
-            deltas,
-            image_sizes,
-            box2box_transform=self.box2box_transform,
-            score_thresh=self.test_score_thresh,
-            topk_candidates=self.test_topk_candidates,
-            nms_thresh=self.test_nms_thresh,
-            max_detections_per_image=self.max_detections_per_image,
-        )
+        return select_detections(anchors, logits, deltas, image_sizes, **self.detection_selection_settings())
+
+    def detection_selection_settings(self) -> Dict[str, object]:
+        """Keyword arguments of ``select_detections`` / ``select_detections_padded``: the test-time settings."""
+        return {
+            "box2box_transform": self.box2box_transform,
+            "score_thresh": self.test_score_thresh,
+            "topk_candidates": self.test_topk_candidates,
+            "nms_thresh": self.test_nms_thresh,
+            "max_detections_per_image": self.max_detections_per_image,
+        }
 
 
 def _tile_over_images(anchors: Tensor, num_images: int) -> Tensor:
