@@ -764,7 +764,7 @@ def plot(report) -> bytes:
             ax.grid(axis="y", alpha=0.3)
     info = report["info"]
     fig.suptitle(f"RetinaNet R{report['settings']['depth']}-FPN on {info['device_name']} ({info['torch_threads']} "
-                 f"threads), {info['date_utc'][:10]}; labels: peer / plugin (> 1: plugin better)", fontsize=9)
+                 f"threads), {info['date_utc'][:10]}\nbar labels: peer / plugin (> 1: the plugin is better)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -772,15 +772,13 @@ def plot(report) -> bytes:
     return buffer.getvalue()
 
 
-def write_outputs(report, folder: str, stem: str) -> List[str]:
+def write_outputs(report, folder: str, stem: str, with_json: bool = True) -> List[str]:
+    """``stem``.json, .md and .png under ``folder``, each written atomically; returns their paths."""
     from retinanet_plugin.utils import atomic_write
 
     paths = []
-    contents = {
-        ".json": json.dumps(report, indent=2).encode(),
-        ".md": format_markdown(report).encode(),
-        ".png": plot(report),
-    }
+    contents = {".json": json.dumps(report, indent=2).encode()} if with_json else {}
+    contents.update({".md": format_markdown(report).encode(), ".png": plot(report)})
     for extension, data in contents.items():
         path = os.path.join(folder, stem + extension)
         atomic_write(path, lambda f, data=data: f.write(data))
@@ -824,9 +822,11 @@ def parse_args(argv=None):
                         help=f"training only, batch {STRESS['batch']}, {STRESS['boxes']} boxes at {STRESS['sizes']}")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         help="results folder (default benchmarks/results)")
+    parser.add_argument("--from-json", metavar="JSON",
+                        help="print the table and rewrite the .md and .png beside an earlier run's JSON; runs nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
+    if args.child or args.from_json:
         return args
     if args.threads is not None:
         if args.threads < 1:
@@ -860,6 +860,15 @@ def main(argv=None) -> Dict[str, object]:
     if args.child:
         child_main(json.loads(args.child))
         return {}
+    if args.from_json:
+        with open(args.from_json) as f:
+            report = json.load(f)
+        folder, stem = os.path.dirname(os.path.abspath(args.from_json)), os.path.splitext(os.path.basename(args.from_json))[0]
+        print(f"Machine: {describe_machine(report['info'])}")
+        print(format_table(report))
+        for path in write_outputs(report, folder, stem, with_json=False):
+            print(f"written {path}")
+        return report
     report = run(args)
     stem = f"retinanet_{'stress_' if args.stress else ''}{args.device}"
     print()

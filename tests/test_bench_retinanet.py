@@ -105,6 +105,17 @@ def test_table_markdown_and_chart_written(run):
     assert not [p for p in os.listdir(output) if p.startswith(".tmp")]  # atomic writes left nothing behind
 
 
+@pytest.mark.slow
+def test_outputs_can_be_rewritten_from_the_json(run, bench):
+    _, output, _ = run
+    markdown = (output / "retinanet_cpu.md").read_text()
+    (output / "retinanet_cpu.md").unlink()
+    (output / "retinanet_cpu.png").unlink()
+    bench.main(["--from-json", str(output / "retinanet_cpu.json")])
+    assert (output / "retinanet_cpu.md").read_text() == markdown
+    assert (output / "retinanet_cpu.png").exists()
+
+
 def test_inputs_are_deterministic_and_valid(bench):
     first = bench.make_samples(96, 128, 2, 50)
     second = bench.make_samples(96, 128, 2, 50)
