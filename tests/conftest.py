@@ -46,3 +46,13 @@ def make_small_cfg(depth: int = 18, num_classes: int = 5, **overrides):
 @pytest.fixture
 def small_cfg():
     return make_small_cfg
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory):
+    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once per test module)."""
+    from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
+
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_shapes(str(root / DATASET_DIRNAME))
+    return root

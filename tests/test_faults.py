@@ -100,15 +100,6 @@ KILL_RUN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
-
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_shapes(str(root / DATASET_DIRNAME))
-    return root
-
-
 def _kill_while_saving(out_dir, datasets_root, timeout=300):
     """Start train_net.py; once a first checkpoint is tagged, SIGKILL it as soon as the temporary file of a later
     save appears. Returns (log, whether a temporary file was left, i.e. the kill landed inside a save)."""
@@ -147,13 +138,13 @@ def _cfg_for(out_dir):
 
 
 @pytest.mark.slow
-def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path, synthetic_root):
+def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path, datasets_root):
     from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, register_synthetic_shapes
     from retinanet_plugin.engine import RetinaNetPluginTrainer
 
     out = tmp_path / "run"
     out.mkdir()
-    _, killed_inside_a_save = _kill_while_saving(out, synthetic_root)
+    _, killed_inside_a_save = _kill_while_saving(out, datasets_root)
     print(f"killed inside a save: {killed_inside_a_save}")
 
     # nothing half-written under a checkpoint's name: the tag names a complete checkpoint, every .pth loads
@@ -166,7 +157,7 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
             assert "iteration" in torch.load(out / name, map_location="cpu", weights_only=False), name
 
     # what the resumed trainer loads is exactly what the checkpoint holds
-    register_synthetic_shapes(str(synthetic_root / DATASET_DIRNAME))
+    register_synthetic_shapes(str(datasets_root / DATASET_DIRNAME))
     try:
         trainer = RetinaNetPluginTrainer(_cfg_for(out))
         trainer.resume_or_load(resume=True)
@@ -191,7 +182,7 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
     # the resumed train_net.py run goes on from there to the end
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", *KILL_RUN, "OUTPUT_DIR", str(out)],
-        cwd=REPO_ROOT, env=_env(synthetic_root), capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT, env=_env(datasets_root), capture_output=True, text=True, timeout=600,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, _tail(log, 6000)

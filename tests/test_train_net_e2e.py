@@ -20,16 +20,6 @@ TINY = [  # a few iterations on small images: this checks the plumbing, not the 
 ]
 
 
-@pytest.fixture(scope="module")
-def datasets_root(tmp_path_factory):
-    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once for the module)."""
-    from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
-
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_shapes(str(root / DATASET_DIRNAME))
-    return root
-
-
 def run(args, datasets_root, timeout=600):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
