@@ -222,7 +222,10 @@ def test_iou_box_losses_match_detectron2_dense_loss(small_cfg, loss_type):
     deltas = [torch.randn(2, 3, 4, generator=g) * 0.2, torch.randn(2, 1, 4, generator=g) * 0.2]
     gt_boxes = torch.tensor([[2.0, 1, 22, 18], [12, 8, 47, 44], [28, 6, 64, 66], [4, 2, 60, 58]]).expand(2, 4, 4).clone()
     foreground = torch.tensor([[True, False, True, True], [False, True, True, False]])
-    ours = model._box_loss(Boxes.cat(anchors).tensor, torch.cat(deltas, dim=1), gt_boxes, foreground)
+    flat_anchors = Boxes.cat(anchors).tensor.repeat(2, 1)  # [N * R, 4], image-major like the deltas
+    flat_deltas = torch.cat(deltas, dim=1).reshape(-1, 4)
+    pred_boxes = model.box2box_transform.apply_deltas(flat_deltas, flat_anchors)
+    ours = model._box_loss(flat_anchors, flat_deltas, pred_boxes, gt_boxes.reshape(-1, 4), foreground.reshape(-1))
     theirs = _dense_box_regression_loss(anchors, model.box2box_transform, deltas, list(gt_boxes), foreground,
                                         box_reg_loss_type=loss_type)
     assert ours.item() > 0

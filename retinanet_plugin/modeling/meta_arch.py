@@ -247,44 +247,42 @@ class RetinaNetPlugin(DenseDetector):
         normalizer = self._update_normalizer(num_foreground)
 
         logits = cat(logits, dim=1).reshape(-1, self.num_classes)
-        deltas = cat(deltas, dim=1).float()
+        deltas = cat(deltas, dim=1).float().reshape(-1, 4)  # [N * R, 4], image-major, as the tiled anchors
+        anchors = _tile_over_images(anchors, num_images)
+        gt_boxes = gt_boxes.reshape(-1, 4)
+        # Decoded once, for the IoU-based box losses and the quality focal loss's target.
+        pred_boxes = None
+        if self.box_reg_loss_type != "smooth_l1" or self.classification_loss == "quality_focal":
+            pred_boxes = self.box2box_transform.apply_deltas(deltas, anchors)
         if self.classification_loss == "focal":
             loss_cls = FOCAL_LOSS_IMPLS[self.focal_loss_impl](
                 logits, gt_labels.reshape(-1), gamma=self.focal_loss_gamma, alpha=self.focal_loss_alpha,
                 reduction="sum", normalizer=normalizer,
             )
         else:
+            # The target: IoU of each predicted box with its ground truth, a constant (no gradient through it).
+            quality = aligned_box_iou(pred_boxes.detach(), gt_boxes).clamp(0.0, 1.0)
             loss_cls = QUALITY_FOCAL_LOSS_IMPLS[self.focal_loss_impl](
-                logits, gt_labels.reshape(-1), self._predicted_box_quality(anchors, deltas, gt_boxes),
-                beta=self.quality_focal_loss_beta, reduction="sum", normalizer=normalizer,
+                logits, gt_labels.reshape(-1), quality, beta=self.quality_focal_loss_beta, reduction="sum",
+                normalizer=normalizer,
             )
-        loss_box_reg = self._box_loss(anchors, deltas, gt_boxes, foreground)
+        loss_box_reg = self._box_loss(anchors, deltas, pred_boxes, gt_boxes, foreground.reshape(-1))
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
-    @torch.no_grad()
-    def _predicted_box_quality(self, anchors: Tensor, deltas: Tensor, gt_boxes: Tensor) -> Tensor:
-        """[N * R] IoU of each anchor's predicted box with its matched ground truth: the quality focal loss's
-        target on foreground anchors (a constant: no gradient flows through it; unused elsewhere)."""
-        anchors = _tile_over_images(anchors, deltas.shape[0])
-        pred_boxes = self.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors)
-        return aligned_box_iou(pred_boxes, gt_boxes.reshape(-1, 4)).clamp(0.0, 1.0)
+    def _box_loss(self, anchors: Tensor, deltas: Tensor, pred_boxes, gt_boxes: Tensor, foreground: Tensor) -> Tensor:
+        """Summed box regression loss over the foreground anchors, from [M, 4] anchors, deltas, decoded boxes (for
+        the IoU losses; None for smooth L1) and matched boxes, and the [M] foreground mask.
 
-    def _box_loss(self, anchors: Tensor, deltas: Tensor, gt_boxes: Tensor, foreground: Tensor) -> Tensor:
-        """Summed box regression loss over the foreground anchors.
-
-        Computed for all [N, R] anchors and masked with ``torch.where`` (no data-dependent shapes, so no host
-        sync); ``gt_boxes`` is the anchor itself off the foreground, so every term is finite.
+        Computed for all anchors and masked with ``torch.where`` (no data-dependent shapes, so no host sync);
+        ``gt_boxes`` is the anchor itself off the foreground, so every term is finite.
         """
-        anchors = _tile_over_images(anchors, deltas.shape[0])
-        deltas, gt_boxes = deltas.reshape(-1, 4), gt_boxes.reshape(-1, 4)
         if self.box_reg_loss_type == "smooth_l1":
             target = self.box2box_transform.get_deltas(anchors, gt_boxes)
             per_anchor = smooth_l1_loss(deltas, target, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
         else:
-            pred_boxes = self.box2box_transform.apply_deltas(deltas, anchors)
             box_loss = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[self.box_reg_loss_type]
             per_anchor = box_loss(pred_boxes, gt_boxes, reduction="none")
-        return torch.where(foreground.reshape(-1), per_anchor, 0.0).sum()
+        return torch.where(foreground, per_anchor, 0.0).sum()
 
     # ---------------------------------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions):
