@@ -29,6 +29,7 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <vector>
 
 namespace retinanet_plugin {
 
@@ -52,6 +53,7 @@ struct LossSpec {
   FocalLossParams focal;                        // SigmoidFocal
   double beta = 2.0;                            // QualityFocal: exponent of |quality - sigmoid(x)|
   at::Tensor quality;                           // QualityFocal: [N] in the accumulation dtype, any stride
+  at::Tensor targets;  // DenseFocal: [N, K] in the accumulation dtype, unit column stride (CPU) or any (CUDA)
 };
 
 // Checks the arguments every loss op shares (shapes, dtypes, devices, the focusing exponent called
@@ -60,11 +62,19 @@ Reduction check_loss_args(const char* op_name, const at::Tensor& logits, const a
     const std::optional<at::Tensor>& normalizer, const char* exponent_name, double exponent,
     c10::string_view reduction);
 
+// The same for float targets [N, K] in place of labels (the dense focal loss).
+Reduction check_dense_loss_args(const char* op_name, const at::Tensor& logits, const at::Tensor& targets,
+    const std::optional<at::Tensor>& normalizer, double gamma, c10::string_view reduction);
+
 // Checks the upstream gradient of a backward op: a 1-element tensor for sum/mean, [N, K] for none.
 void check_focal_loss_grad(const char* op_name, const at::Tensor& grad, const at::Tensor& logits, Reduction reduction);
 
 // fp64 for fp64 logits, fp32 otherwise: the dtype of the accumulation and of the loss.
 at::ScalarType focal_loss_accumulate_type(at::ScalarType logits_dtype);
+
+// The strides of the [N, K] results (loss for reduction "none", gradient) of the drivers for these logits: those
+// of a contiguous tensor, or on CUDA the column-major layout of column-major logits.
+std::vector<int64_t> output_strides(const at::Tensor& logits);
 
 // logits itself when its columns are adjacent in memory (any row stride), else a contiguous copy.
 at::Tensor with_unit_column_stride(const at::Tensor& logits);
@@ -75,6 +85,9 @@ at::Tensor with_unit_column_stride(const at::Tensor& logits);
 // Error for a quality target outside [0, 1] or NaN on a labelled row (CPU kernels; CUDA asserts on the device).
 [[noreturn]] void throw_bad_quality(const char* op_name, int64_t row, double quality);
 
+// Error for a float target outside [0, 1] or NaN (CPU kernels of the dense focal loss; CUDA asserts on the device).
+[[noreturn]] void throw_bad_target(const char* op_name, int64_t row, int64_t column, double target);
+
 // Whether this build has the CUDA kernels (WITH_CUDA).
 bool built_with_cuda();
 
@@ -83,7 +96,9 @@ std::string cpu_kernel_capability();
 
 // ---- Drivers shared by the ops (arguments already checked): forward and backward of `spec` on one device ----
 // Forward: [N, K] for Reduction::None, else a 0-dim tensor; fp32 (fp64 for fp64 logits). Backward: the gradient
-// w.r.t. logits (logits dtype, contiguous) given the upstream gradient `grad` of the forward's output.
+// w.r.t. logits (logits dtype) given the upstream gradient `grad` of the forward's output. The [N, K] results are
+// contiguous, except on CUDA for column-major logits (stride(0) == 1), whose layout they keep (output_strides()).
+// `labels` is undefined for LossKind::DenseFocal (its targets are in the spec).
 using LossForward = at::Tensor(const LossSpec& spec, const at::Tensor& logits, const at::Tensor& labels,
     const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor);
 using LossBackward = at::Tensor(const LossSpec& spec, const at::Tensor& grad, const at::Tensor& logits,

@@ -1,6 +1,7 @@
 // Argument checks and helpers shared by the CPU and CUDA ops of the focal losses, and the sigmoid focal loss op on
 // any device (checks, then the device's driver).
 #include "focal_loss.h"
+#include "cuda/launch_geometry.h"
 
 #include <ATen/Version.h>
 #include <c10/util/Exception.h>
@@ -39,6 +40,37 @@ static Reduction parse_reduction(const char* op_name, c10::string_view reduction
   TORCH_CHECK_VALUE(false, op_name, ": reduction must be one of 'none', 'sum', 'mean', got '", std::string(reduction), "'");
 }
 
+static void check_logits(const char* op_name, const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2, op_name, ": logits must be 2-D [N, K], got shape ", logits.sizes());
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+      op_name, ": logits must be float32, float64, float16 or bfloat16, got ", dtype);
+}
+
+static void check_normalizer(
+    const char* op_name, const at::Tensor& logits, const std::optional<at::Tensor>& normalizer) {
+  if (!normalizer.has_value()) {
+    return;
+  }
+  const at::Tensor& norm = *normalizer;
+  TORCH_CHECK(
+      norm.numel() == 1 && norm.dim() <= 1, op_name, ": normalizer must be a 0-dim tensor (or a float), got shape ",
+      norm.sizes());
+  TORCH_CHECK(
+      norm.device() == logits.device() || norm.device().is_cpu(), op_name, ": normalizer is on ", norm.device(),
+      " but logits are on ", logits.device(), "; put it on the logits' device (or the CPU)");
+  TORCH_CHECK(
+      !norm.is_complex() && norm.scalar_type() != at::kBool, op_name, ": normalizer must be a real number, got ",
+      norm.scalar_type());
+}
+
+static void check_exponent(const char* op_name, const char* exponent_name, double exponent) {
+  TORCH_CHECK_VALUE(
+      std::isfinite(exponent) && exponent >= 0, op_name, ": ", exponent_name, " must be finite and >= 0, got ",
+      exponent);
+}
+
 Reduction check_loss_args(
     const char* op_name,
     const at::Tensor& logits,
@@ -47,11 +79,7 @@ Reduction check_loss_args(
     const char* exponent_name,
     double exponent,
     c10::string_view reduction) {
-  TORCH_CHECK(logits.dim() == 2, op_name, ": logits must be 2-D [N, K], got shape ", logits.sizes());
-  const auto dtype = logits.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-      op_name, ": logits must be float32, float64, float16 or bfloat16, got ", dtype);
+  check_logits(op_name, logits);
   TORCH_CHECK(
       labels.dim() == 1 && labels.size(0) == logits.size(0), op_name, ": labels must be 1-D [N] with N = ",
       logits.size(0), " (the rows of logits), got shape ", labels.sizes());
@@ -61,21 +89,30 @@ Reduction check_loss_args(
   TORCH_CHECK(
       labels.device() == logits.device(), op_name, ": labels are on ", labels.device(), " but logits are on ",
       logits.device());
-  if (normalizer.has_value()) {
-    const at::Tensor& norm = *normalizer;
-    TORCH_CHECK(
-        norm.numel() == 1 && norm.dim() <= 1, op_name, ": normalizer must be a 0-dim tensor (or a float), got shape ",
-        norm.sizes());
-    TORCH_CHECK(
-        norm.device() == logits.device() || norm.device().is_cpu(), op_name, ": normalizer is on ", norm.device(),
-        " but logits are on ", logits.device(), "; put it on the logits' device (or the CPU)");
-    TORCH_CHECK(
-        !norm.is_complex() && norm.scalar_type() != at::kBool, op_name, ": normalizer must be a real number, got ",
-        norm.scalar_type());
-  }
-  TORCH_CHECK_VALUE(
-      std::isfinite(exponent) && exponent >= 0, op_name, ": ", exponent_name, " must be finite and >= 0, got ",
-      exponent);
+  check_normalizer(op_name, logits, normalizer);
+  check_exponent(op_name, exponent_name, exponent);
+  return parse_reduction(op_name, reduction);
+}
+
+Reduction check_dense_loss_args(
+    const char* op_name,
+    const at::Tensor& logits,
+    const at::Tensor& targets,
+    const std::optional<at::Tensor>& normalizer,
+    double gamma,
+    c10::string_view reduction) {
+  check_logits(op_name, logits);
+  TORCH_CHECK(
+      targets.sizes() == logits.sizes(), op_name, ": targets must have the logits' shape ", logits.sizes(),
+      " (one float target in [0, 1] per logit), got ", targets.sizes());
+  TORCH_CHECK(
+      targets.is_floating_point(), op_name, ": targets must be a floating point tensor (one-hot, multi-label or soft "
+      "targets in [0, 1]), got ", targets.scalar_type(), "; for integer class labels use sigmoid_focal_loss");
+  TORCH_CHECK(
+      targets.device() == logits.device(), op_name, ": targets are on ", targets.device(), " but logits are on ",
+      logits.device());
+  check_normalizer(op_name, logits, normalizer);
+  check_exponent(op_name, "gamma", gamma);
   return parse_reduction(op_name, reduction);
 }
 
@@ -97,6 +134,15 @@ at::ScalarType focal_loss_accumulate_type(at::ScalarType logits_dtype) {
   return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+std::vector<int64_t> output_strides(const at::Tensor& logits) {
+  const int64_t rows = logits.size(0);
+  const int64_t cols = logits.size(1);
+  if (logits.is_cuda() && cuda::is_column_major_layout(rows, cols, logits.stride(0))) {
+    return {1, rows};  // column-major: the CUDA kernels walk it coalesced and write the results the same way
+  }
+  return {cols, 1};
+}
+
 at::Tensor with_unit_column_stride(const at::Tensor& logits) {
   if (logits.size(1) <= 1 || logits.stride(1) == 1) {
     return logits;
@@ -108,6 +154,11 @@ void throw_bad_label(const char* op_name, int64_t row, int64_t label, int64_t nu
   TORCH_CHECK_INDEX(
       false, op_name, ": labels must be in [-1, K] = [-1, ", num_classes,
       "] (0..K-1 positive class, K background, -1 ignored); row ", row, " has label ", label);
+}
+
+void throw_bad_target(const char* op_name, int64_t row, int64_t column, double target) {
+  TORCH_CHECK_VALUE(
+      false, op_name, ": targets must be in [0, 1]; targets[", row, ", ", column, "] is ", target);
 }
 
 void throw_bad_quality(const char* op_name, int64_t row, double quality) {

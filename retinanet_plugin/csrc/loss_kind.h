@@ -1,4 +1,4 @@
-// The per-class losses the kernels compute from logits [N, K] and integer labels [N]. Plain C++, so that both the
+// The per-class losses the kernels compute from logits [N, K] and integer labels [N] (or float targets [N, K]). Plain C++, so that both the
 // ATen side (focal_loss.h) and the CUDA kernels (focal_loss_cuda.h) can name them.
 #pragma once
 
@@ -7,6 +7,7 @@ namespace retinanet_plugin {
 enum class LossKind {
   SigmoidFocal,  // focal_loss.h
   QualityFocal,  // quality_focal_loss.h: soft per-row target `quality` on the labelled class
+  DenseFocal,    // sigmoid_focal_loss_dense.h: float targets [N, K] instead of labels (fvcore's / torchvision's)
 };
 
 }  // namespace retinanet_plugin

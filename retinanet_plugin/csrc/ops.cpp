@@ -4,6 +4,7 @@
 // `retinanet_plugin._C` whose import loads them.
 #include "focal_loss.h"
 #include "quality_focal_loss.h"
+#include "sigmoid_focal_loss_dense.h"
 
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
@@ -16,7 +17,7 @@ TORCH_LIBRARY(retinanet_plugin, m) {
   m.def(
       "sigmoid_focal_loss(Tensor logits, Tensor labels, Tensor? normalizer, float gamma, float alpha, "
       "str reduction, float divisor) -> Tensor");
-  // Gradient w.r.t. logits (logits dtype, contiguous) given the upstream gradient of the forward's output.
+  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in focal_loss.h) given the upstream gradient of the forward's output.
   m.def(
       "sigmoid_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor? normalizer, float gamma, "
       "float alpha, str reduction, float divisor) -> Tensor");
@@ -28,10 +29,21 @@ TORCH_LIBRARY(retinanet_plugin, m) {
   m.def(
       "quality_focal_loss(Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, float beta, "
       "str reduction, float divisor) -> Tensor");
-  // Gradient w.r.t. logits (logits dtype, contiguous) given the upstream gradient of the forward's output.
+  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in focal_loss.h) given the upstream gradient of the forward's output.
   m.def(
       "quality_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, "
       "float beta, str reduction, float divisor) -> Tensor");
+
+  m.set_python_module("retinanet_plugin.layers.sigmoid_focal_loss_dense");
+  // Sigmoid focal loss of logits [N, K] against float targets [N, K] in [0, 1] (one-hot, multi-label or soft; no
+  // gradient), as fvcore's and torchvision's sigmoid_focal_loss; "mean" averages over all N * K elements. Output
+  // as for sigmoid_focal_loss.
+  m.def(
+      "sigmoid_focal_loss_dense(Tensor logits, Tensor targets, Tensor? normalizer, float gamma, float alpha, "
+      "str reduction, float divisor) -> Tensor");
+  m.def(
+      "sigmoid_focal_loss_dense_backward(Tensor grad, Tensor logits, Tensor targets, Tensor? normalizer, "
+      "float gamma, float alpha, str reduction, float divisor) -> Tensor");
 }
 
 namespace retinanet_plugin {
@@ -44,6 +56,8 @@ void register_kernels(torch::Library& m) {
   m.impl("sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_op<kBackward>);
   m.impl("quality_focal_loss", &quality_focal_loss_op<kForward>);
   m.impl("quality_focal_loss_backward", &quality_focal_loss_backward_op<kBackward>);
+  m.impl("sigmoid_focal_loss_dense", &sigmoid_focal_loss_dense_op<kForward>);
+  m.impl("sigmoid_focal_loss_dense_backward", &sigmoid_focal_loss_dense_backward_op<kBackward>);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@ from typing import Callable, Optional, Union
 import torch
 from fvcore.nn import sigmoid_focal_loss
 
-REDUCTIONS = ("none", "sum", "mean")
+from .reduction import check_reduction
 
 
 def sigmoid_focal_loss_reference(
@@ -29,8 +29,7 @@ def sigmoid_focal_loss_reference(
     Returns:
         The loss, in the dtype fvcore returns (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     num_classes = logits.shape[-1]
     valid = labels >= 0
     targets = torch.nn.functional.one_hot(labels.clamp(min=0), num_classes + 1)[:, :num_classes]

@@ -2,7 +2,7 @@
 import torch
 from torch import Tensor
 
-from .focal_loss_reference import REDUCTIONS
+from .reduction import check_reduction
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
@@ -15,8 +15,7 @@ def giou_loss(pred_boxes: Tensor, target_boxes: Tensor, reduction: str = "none",
         pred_boxes, target_boxes: [..., 4] XYXY pixels, same shape.
         reduction: "none" ([...] per pair), "sum" or "mean".
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     iou, union = _aligned_iou_and_union(pred_boxes, target_boxes, eps)
     pred_lo, pred_hi = pred_boxes[..., :2], pred_boxes[..., 2:]
     target_lo, target_hi = target_boxes[..., :2], target_boxes[..., 2:]

@@ -11,9 +11,9 @@ from typing import Optional, Union
 
 import torch
 
+from .compiled_ops import fake_grad, fake_loss, op_available, require_op, split_normalizer
 from .quality_focal_loss_reference import check_quality_is_target
-from .sigmoid_focal_loss import _REBUILD_HINT, _C, _LOAD_ERROR
-from .sigmoid_focal_loss import _fake_forward as _sigmoid_focal_loss_fake_forward
+from .sigmoid_focal_loss import check_labels_shape
 
 
 def quality_focal_loss(
@@ -42,12 +42,9 @@ def quality_focal_loss(
         "none": [N, K] float32 (float64 for float64 logits), zero on ignored rows; "sum"/"mean": a 0-dim tensor of
         that dtype. The gradient w.r.t. ``logits`` has the logits' dtype.
     """
-    if _C is None:
-        raise RuntimeError(f"retinanet_plugin._C could not be loaded ({_LOAD_ERROR}); {_REBUILD_HINT}")
+    require_op(logits, reduction)
     check_quality_is_target(quality)
-    divisor = 1.0
-    if normalizer is not None and not isinstance(normalizer, torch.Tensor):
-        divisor, normalizer = float(normalizer), None
+    normalizer, divisor = split_normalizer(normalizer)
     return torch.ops.retinanet_plugin.quality_focal_loss(
         logits, labels, quality, normalizer, float(beta), reduction, divisor
     )
@@ -56,11 +53,12 @@ def quality_focal_loss(
 def _fake_forward(logits, labels, quality, normalizer, beta, reduction, divisor):
     torch._check(quality.dim() == 1, lambda: f"quality must be 1-D [N], got {quality.dim()}-D")
     torch._check(quality.shape[0] == logits.shape[0], lambda: "quality must have one entry per row of logits")
-    return _sigmoid_focal_loss_fake_forward(logits, labels, normalizer, beta, -1.0, reduction, divisor)
+    check_labels_shape(logits, labels)
+    return fake_loss(logits, reduction)
 
 
 def _fake_backward(grad, logits, labels, quality, normalizer, beta, reduction, divisor):
-    return logits.new_empty(logits.shape)
+    return fake_grad(logits)
 
 
 def _setup_context(ctx, inputs, output):
@@ -76,7 +74,7 @@ def _backward(ctx, grad):
     return (grad_logits,) + (None,) * 6
 
 
-if _C is not None:
+if op_available():
     torch.library.register_fake("retinanet_plugin::quality_focal_loss")(_fake_forward)
     torch.library.register_fake("retinanet_plugin::quality_focal_loss_backward")(_fake_backward)
     torch.library.register_autograd("retinanet_plugin::quality_focal_loss", _backward, setup_context=_setup_context)

@@ -8,23 +8,11 @@ from typing import Optional, Union
 
 import torch
 
-from .focal_loss_reference import REDUCTIONS
-
-try:
-    from .. import _C  # noqa: F401  (the import registers the torch.ops.retinanet_plugin ops)
-
-    _LOAD_ERROR: Optional[BaseException] = None
-except (ImportError, OSError) as e:  # not built, or built against another torch
-    _C = None
-    _LOAD_ERROR = e
-
-_BUILT_WITH_CUDA = bool(_C is not None and _C.WITH_CUDA)
-_REBUILD_HINT = "run `pip install --no-build-isolation -e .` in the retinanet_plugin folder"
-
+from .compiled_ops import fake_grad, fake_loss, op_available, require_op, split_normalizer
 
 def focal_loss_op_available() -> bool:
     """Whether the compiled op (``retinanet_plugin._C``) could be loaded."""
-    return _C is not None
+    return op_available()
 
 
 def sigmoid_focal_loss(
@@ -45,44 +33,33 @@ def sigmoid_focal_loss(
         alpha: weight of the positives (negatives get 1 - alpha); alpha < 0 disables the weighting.
         reduction: "none", "sum", or "mean" (over the non-ignored elements: sum / (rows with label >= 0 * K)).
         normalizer: optional 0-dim tensor (stays on the device: no host synchronisation) or float; the result
-            is divided by it inside the kernel. No gradient flows to it.
+            is divided by it inside the kernel. No gradient flows to it. A float or a CPU tensor becomes a constant
+            of the CUDA launch: a CUDA graph captured with it replays that value; a CUDA tensor is read anew.
     Returns:
         "none": [N, K] float32 (float64 for float64 logits), zero on ignored rows; "sum"/"mean": a 0-dim tensor
-        of that dtype. The gradient w.r.t. ``logits`` has the logits' dtype.
+        of that dtype. The gradient w.r.t. ``logits`` has the logits' dtype. [N, K] results are contiguous, or
+        column-major for column-major CUDA logits (``compiled_ops.output_strides``).
     """
-    if _C is None:
-        raise RuntimeError(f"retinanet_plugin._C could not be loaded ({_LOAD_ERROR}); {_REBUILD_HINT}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if logits.is_cuda and not _BUILT_WITH_CUDA:
-        raise RuntimeError(
-            "retinanet_plugin._C was built without CUDA kernels and got CUDA logits: rebuild with a CUDA toolkit "
-            "(`FORCE_CUDA=1 pip install --no-build-isolation -e .`, TORCH_CUDA_ARCH_LIST picks the GPUs)"
-        )
-    divisor = 1.0
-    if normalizer is not None and not isinstance(normalizer, torch.Tensor):
-        divisor, normalizer = float(normalizer), None
+    require_op(logits, reduction)
+    normalizer, divisor = split_normalizer(normalizer)
     return torch.ops.retinanet_plugin.sigmoid_focal_loss(
         logits, labels, normalizer, float(gamma), float(alpha), reduction, divisor
     )
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def check_labels_shape(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """The fake kernels' check of integer labels [N] (the op's own checks run in C++)."""
+    torch._check(labels.dim() == 1, lambda: f"labels must be 1-D [N], got {labels.dim()}-D")
+    torch._check(labels.shape[0] == logits.shape[0], lambda: "labels must have one entry per row of logits")
 
 
 def _fake_forward(logits, labels, normalizer, gamma, alpha, reduction, divisor):
-    torch._check(logits.dim() == 2, lambda: f"logits must be 2-D [N, K], got {logits.dim()}-D")
-    torch._check(labels.dim() == 1, lambda: f"labels must be 1-D [N], got {labels.dim()}-D")
-    torch._check(labels.shape[0] == logits.shape[0], lambda: "labels must have one entry per row of logits")
-    dtype = _accumulate_dtype(logits.dtype)
-    if reduction == "none":
-        return logits.new_empty(logits.shape, dtype=dtype)
-    return logits.new_empty((), dtype=dtype)
+    check_labels_shape(logits, labels)
+    return fake_loss(logits, reduction)
 
 
 def _fake_backward(grad, logits, labels, normalizer, gamma, alpha, reduction, divisor):
-    return logits.new_empty(logits.shape)
+    return fake_grad(logits)
 
 
 def _setup_context(ctx, inputs, output):
@@ -102,7 +79,7 @@ def _backward(ctx, grad):
     return grad_logits, None, None, None, None, None, None
 
 
-if _C is not None:
+if op_available():
     torch.library.register_fake("retinanet_plugin::sigmoid_focal_loss")(_fake_forward)
     torch.library.register_fake("retinanet_plugin::sigmoid_focal_loss_backward")(_fake_backward)
     torch.library.register_autograd(

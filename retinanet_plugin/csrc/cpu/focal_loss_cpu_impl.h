@@ -6,10 +6,13 @@
 // threads. In a block each row is read once: its label first (one read, checked), its quality target for the
 // quality focal loss (checked), then its K logits in SIMD vectors of Vectorized<acc_t> (fp32 math for
 // fp16/bf16/fp32, fp64 for fp64; fp16/bf16 rows are widened 256 columns at a time into a stack buffer). The loss
-// itself is an "element" (SigmoidFocalElement, QualityFocalElement) applied to each vector; the one positive
-// column of a row, if any, is a lane mask in the vector that holds it. A reduced loss is summed per block in a
+// itself is one of the shared elements of loss_elements.h (sigmoid focal, quality focal, dense focal), compiled here
+// on SIMD vectors through the VecMath policy; the one positive column of a row, if any, is a lane mask in the
+// vector that holds it, and the dense element reads a vector of float targets beside the logits. A reduced loss is summed per block in a
 // SIMD accumulator, then the block sums are added in block order (focal_loss_cpu.cpp), so the result is the same
 // for any number of threads.
+
+#include "loss_elements.h"
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -35,113 +38,79 @@ struct VecConstants {
       : zero(acc_t(0)), lane_index(Vec::arange(acc_t(0), acc_t(1))), scale(static_cast<acc_t>(scale_)) {}
 };
 
-// The per-element losses. Each maps a vector of logits x of one row to the loss and/or dloss/dx; when
-// `has_positive`, `positive_lane` is all ones in the lane of the row's class and `quality` is that row's target.
-
-// Sigmoid focal loss (derivation in focal_loss.h), in the signed logit z: -x in the positive lane, x elsewhere.
-template <typename acc_t, bool kGammaTwo>
-struct SigmoidFocalElement {
-  using Vec = Vectorized<acc_t>;
-  static constexpr bool kReadsQuality = false;
-  Vec zero, one, gamma, weight_positive, weight_negative;
-  explicit SigmoidFocalElement(const LossSpec& spec)
-      : zero(acc_t(0)),
-        one(acc_t(1)),
-        gamma(static_cast<acc_t>(spec.focal.gamma)),
-        weight_positive(static_cast<acc_t>(spec.focal.weight_positive)),
-        weight_negative(static_cast<acc_t>(spec.focal.weight_negative)) {}
-
-  template <bool kLoss, bool kGrad>
-  void operator()(const Vec& x, bool has_positive, const Vec& positive_lane, acc_t /*quality*/, Vec& loss,
-      Vec& dloss_dx) const {
-    Vec z = x;
-    Vec w = weight_negative;
-    if (has_positive) {  // once per row: flip the sign of the positive lane, use the positive weight there
-      z = Vec::blendv(x, x.neg(), positive_lane);
-      w = Vec::blendv(weight_negative, weight_positive, positive_lane);
-    }
-    const Vec e = z.abs().neg().exp();  // exp(-|z|) in (0, 1]: never overflows
-    const Vec l = e.log1p();
-    const Vec softplus_z = at::vec::maximum(z, zero) + l;  // -log(1 - q)
-    const Vec r = (one + e).reciprocal();
-    const Vec er = e * r;
-    const Vec z_nonneg = z >= zero;
-    const Vec q = Vec::blendv(er, r, z_nonneg);  // sigmoid(z)
-    Vec modulating;                              // q^gamma
-    if constexpr (kGammaTwo) {
-      modulating = q * q;
-    } else {
-      modulating = (gamma * (at::vec::maximum(z.neg(), zero) + l)).neg().exp();  // exp(-gamma * softplus(-z))
-    }
-    const Vec weighted = w * modulating;
-    if constexpr (kLoss) {
-      loss = weighted * softplus_z;
-    }
-    if constexpr (kGrad) {
-      const Vec one_minus_q = Vec::blendv(r, er, z_nonneg);
-      const Vec dloss_dz = weighted * at::vec::fmadd(gamma * one_minus_q, softplus_z, q);
-      dloss_dx = has_positive ? Vec::blendv(dloss_dz, dloss_dz.neg(), positive_lane) : dloss_dz;
-    }
-  }
+// The SIMD math policy of the shared elements (loss_elements.h): one Vectorized<acc_t> of lanes at a time.
+template <typename acc_t>
+struct VecMath {
+  using V = Vectorized<acc_t>;
+  using Mask = Vectorized<acc_t>;  // all ones in the selected lanes
+  static V splat(acc_t v) { return V(v); }
+  static V abs(const V& v) { return v.abs(); }
+  static V neg(const V& v) { return v.neg(); }
+  static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }
+  static V exp(const V& v) { return v.exp(); }
+  static V log1p(const V& v) { return v.log1p(); }
+  static V reciprocal(const V& v) { return v.reciprocal(); }
+  static V fmadd(const V& a, const V& b, const V& c) { return at::vec::fmadd(a, b, c); }
+  static V pow(const V& base, const V& e) { return base.pow(e); }  // Sleef: 0^0 = 1, 0^e = 0
+  static Mask ge(const V& a, const V& b) { return a >= b; }
+  static Mask gt(const V& a, const V& b) { return a > b; }
+  static Mask eq(const V& a, const V& b) { return a == b; }
+  static V select(const Mask& m, const V& if_true, const V& if_false) { return V::blendv(if_false, if_true, m); }
 };
 
-// Quality focal loss (derivation in quality_focal_loss.h): target y = quality in the positive lane, 0 elsewhere.
-template <typename acc_t, bool kBetaTwo>
-struct QualityFocalElement {
-  using Vec = Vectorized<acc_t>;
-  static constexpr bool kReadsQuality = true;
-  Vec zero, one, beta;
-  bool beta_is_zero;  // plain BCE: dloss/dx = d (the b |d|^b / d term is 0, but |d|^0 / d may overflow)
-  explicit QualityFocalElement(const LossSpec& spec)
-      : zero(acc_t(0)), one(acc_t(1)), beta(static_cast<acc_t>(spec.beta)), beta_is_zero(spec.beta == 0.0) {}
+// The targets of one row, seen from the start of the logits that process_row gets.
+template <typename acc_t>
+struct LabelTargets {  // label elements: the positive column (outside [0, n) when none is there) and its quality
+  int64_t positive;
+  acc_t quality;
+  LabelTargets shifted(int64_t j) const { return {positive - j, quality}; }
+};
+template <typename acc_t>
+struct DenseTargets {  // dense element: one target in [0, 1] per logit, unit column stride
+  const acc_t* t;
+  int64_t row;     // for the error message
+  int64_t column;  // the column of t[0]
+  const char* op_name;
+  DenseTargets shifted(int64_t j) const { return {t + j, row, column + j, op_name}; }
+};
 
-  template <bool kLoss, bool kGrad>
-  void operator()(const Vec& x, bool has_positive, const Vec& positive_lane, acc_t quality, Vec& loss,
-      Vec& dloss_dx) const {
-    const Vec y = has_positive ? Vec::blendv(zero, Vec(quality), positive_lane) : zero;
-    const Vec e = x.abs().neg().exp();  // exp(-|x|) in (0, 1]: never overflows
-    const Vec l = e.log1p();
-    const Vec softplus_x = at::vec::maximum(x, zero) + l;            // -log(1 - s)
-    const Vec softplus_minus_x = at::vec::maximum(x.neg(), zero) + l;  // -log(s)
-    const Vec r = (one + e).reciprocal();
-    const Vec er = e * r;
-    const Vec x_nonneg = x >= zero;
-    const Vec s = Vec::blendv(er, r, x_nonneg);  // sigmoid(x)
-    const Vec one_minus_s = Vec::blendv(r, er, x_nonneg);
-    const Vec one_minus_y = one - y;
-    const Vec d = Vec::blendv(s - y, one_minus_y - one_minus_s, x_nonneg);  // s - y
-    const Vec bce = at::vec::fmadd(y, softplus_minus_x, one_minus_y * softplus_x);
-    Vec modulating;  // |d|^beta
-    if constexpr (kBetaTwo) {
-      modulating = d * d;
-    } else {
-      modulating = d.abs().pow(beta);
-    }
-    if constexpr (kLoss) {
-      loss = modulating * bce;
-    }
-    if constexpr (kGrad) {
-      const Vec curvature_bce = s * one_minus_s * bce;  // s (1 - s) BCE
-      if constexpr (kBetaTwo) {
-        dloss_dx = d * at::vec::fmadd(beta, curvature_bce, modulating);  // d (d^2 + 2 s (1 - s) BCE)
-      } else if (beta_is_zero) {
-        dloss_dx = d;
-      } else {
-        const Vec ratio = Vec::blendv(modulating / d, zero, d == zero);  // |d|^beta / d, 0 at d = 0
-        dloss_dx = at::vec::fmadd(modulating, d, beta * ratio * curvature_bce);
+// loss and/or dloss/dx of the lanes [i, i + count) of one row.
+template <bool kLoss, typename acc_t, class Element>
+inline void element_terms(const Element& element, const Vectorized<acc_t>& x, int64_t i, int64_t count,
+    const LabelTargets<acc_t>& targets, const VecConstants<acc_t>& c, Vectorized<acc_t>& loss,
+    Vectorized<acc_t>& grad) {
+  using Vec = Vectorized<acc_t>;
+  const bool has_positive = static_cast<uint64_t>(targets.positive - i) < static_cast<uint64_t>(count);
+  Vec positive_lane;
+  if (has_positive) {
+    positive_lane = c.lane_index == Vec(static_cast<acc_t>(targets.positive - i));
+  }
+  element.template terms<kLoss, !kLoss>(x, has_positive, positive_lane, targets.quality, loss, grad);
+}
+
+template <bool kLoss, typename acc_t, class Element>
+inline void element_terms(const Element& element, const Vectorized<acc_t>& x, int64_t i, int64_t count,
+    const DenseTargets<acc_t>& targets, const VecConstants<acc_t>& c, Vectorized<acc_t>& loss,
+    Vectorized<acc_t>& grad) {
+  using Vec = Vectorized<acc_t>;
+  const Vec t = count == Vec::size() ? Vec::loadu(targets.t + i) : Vec::loadu(targets.t + i, count);
+  const Vec valid = (t >= c.zero) & (t <= Vec(acc_t(1)));  // NaN fails; the padding lanes are 0
+  if (valid.zero_mask() != 0) {
+    for (int64_t k = i; k < i + count; ++k) {
+      if (!target_is_valid(targets.t[k])) {
+        throw_bad_target(targets.op_name, targets.row, targets.column + k, static_cast<double>(targets.t[k]));
       }
     }
   }
-};
+  element.template terms<kLoss, !kLoss>(x, t, loss, grad);
+}
 
-// n consecutive logits x[0, n) of one non-ignored row; `positive` is the positive column relative to x (outside
-// [0, n) when none of these columns is the row's class), `quality` the row's target.
-template <typename acc_t, class Element, Mode kMode>
+// n consecutive logits x[0, n) of one non-ignored row and their targets.
+template <typename acc_t, class Element, Mode kMode, class Targets>
 inline void process_row(
     const acc_t* x,
     int64_t n,
-    int64_t positive,
-    acc_t quality,
+    const Targets& targets,
     const Element& element,
     const VecConstants<acc_t>& c,
     Vectorized<acc_t>& sum,
@@ -154,13 +123,8 @@ inline void process_row(
     const int64_t count = std::min<int64_t>(kLanes, n - i);
     const bool full = count == kLanes;
     const Vec xv = full ? Vec::loadu(x + i) : Vec::loadu(x + i, count);
-    const bool has_positive = static_cast<uint64_t>(positive - i) < static_cast<uint64_t>(count);
-    Vec positive_lane;
-    if (has_positive) {
-      positive_lane = c.lane_index == Vec(static_cast<acc_t>(positive - i));
-    }
     Vec loss, grad;
-    element.template operator()<kLoss, !kLoss>(xv, has_positive, positive_lane, quality, loss, grad);
+    element_terms<kLoss>(element, xv, i, count, targets, c, loss, grad);
     if constexpr (kMode == Mode::LossSum) {
       sum = sum + (full ? loss : Vec::set(c.zero, loss, count));
     } else if constexpr (kMode == Mode::LossElementwise) {
@@ -186,21 +150,48 @@ struct LabelReader {
   }
 };
 
-// What every row of a call reads, besides its logits' dtype.
+// What every row of a call reads, besides its logits.
 template <typename acc_t>
 struct RowInputs {
   int64_t row_stride;
   int64_t num_classes;
-  LabelReader labels;
+  LabelReader labels;    // label elements
   const acc_t* quality;  // [N] (quality focal loss), else nullptr
   int64_t quality_stride;
+  const acc_t* targets;  // [N, K] with unit column stride (dense element), else nullptr
+  int64_t targets_row_stride;
   const acc_t* upstream;  // [N, K] with unit column stride (Mode::GradTimesUpstream), else nullptr
   int64_t upstream_row_stride;
   const char* op_name;
 };
 
+// The targets of `row` for the label elements; false for an ignored row. Raises for a bad label or quality.
+template <class Element, typename acc_t>
+inline bool row_targets(const RowInputs<acc_t>& in, int64_t row, LabelTargets<acc_t>& targets) {
+  const int64_t label = in.labels(row);
+  if (!label_is_valid(label, in.num_classes)) {
+    throw_bad_label(in.op_name, row, label, in.num_classes);
+  }
+  targets = {label, acc_t(0)};
+  if constexpr (Element::kReadsQuality) {
+    if (label_is_class(label, in.num_classes)) {  // read on labelled rows only: background rows have no target
+      targets.quality = in.quality[row * in.quality_stride];
+      if (!target_is_valid(targets.quality)) {
+        throw_bad_quality(in.op_name, row, static_cast<double>(targets.quality));
+      }
+    }
+  }
+  return label >= 0;
+}
+
+template <class Element, typename acc_t>
+inline bool row_targets(const RowInputs<acc_t>& in, int64_t row, DenseTargets<acc_t>& targets) {
+  targets = {in.targets + row * in.targets_row_stride, row, 0, in.op_name};
+  return true;
+}
+
 // Rows [row_begin, row_end). out: acc_t [N, K] for the loss modes, scalar_t [N, K] for the gradient modes.
-template <typename scalar_t, typename acc_t, class Element, Mode kMode>
+template <typename scalar_t, typename acc_t, class Element, class Targets, Mode kMode>
 void process_rows(
     const scalar_t* logits,
     const RowInputs<acc_t>& in,
@@ -220,11 +211,8 @@ void process_rows(
   int64_t valid_rows = 0;
   const int64_t K = in.num_classes;
   for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t label = in.labels(row);
-    if (label < -1 || label > K) {
-      throw_bad_label(in.op_name, row, label, K);
-    }
-    if (label < 0) {  // ignored anchor: no loss, zero gradient
+    Targets targets;
+    if (!row_targets<Element>(in, row, targets)) {  // ignored anchor: no loss, zero gradient
       if constexpr (kMode == Mode::LossElementwise) {
         std::fill_n(static_cast<acc_t*>(out) + row * K, K, acc_t(0));
       } else if constexpr (kGradMode) {
@@ -233,15 +221,6 @@ void process_rows(
       continue;
     }
     ++valid_rows;
-    acc_t quality = 0;
-    if constexpr (Element::kReadsQuality) {
-      if (label < K) {  // read on labelled rows only: background rows have no target
-        quality = in.quality[row * in.quality_stride];
-        if (!(quality >= acc_t(0) && quality <= acc_t(1))) {  // NaN fails too
-          throw_bad_quality(in.op_name, row, static_cast<double>(quality));
-        }
-      }
-    }
     const scalar_t* x_row = logits + row * in.row_stride;
     for (int64_t j = 0; j < K; j += kChunk) {
       const int64_t n = std::min(kChunk, K - j);
@@ -263,7 +242,7 @@ void process_rows(
         }
       }
       const acc_t* up = kMode == Mode::GradTimesUpstream ? in.upstream + row * in.upstream_row_stride + j : nullptr;
-      process_row<acc_t, Element, kMode>(x, n, label - j, quality, element, c, sum, o, up);
+      process_row<acc_t, Element, kMode>(x, n, targets.shifted(j), element, c, sum, o, up);
       if constexpr (kGradMode && !kSameType) {
         at::vec::convert(grad_buffer, static_cast<scalar_t*>(out) + row * K + j, n);
       }
@@ -276,22 +255,32 @@ void process_rows(
   }
 }
 
-// Calls fn(element) with the element of `spec`, its constant exponent 2 (the common case) as a compile-time flag.
+// Calls fn(element, targets_tag) with the element of `spec` (its exponent 2, the common case, as a compile-time
+// flag) and a value of the type of targets it reads.
 template <typename acc_t, typename Fn>
 void with_element(const LossSpec& spec, Fn&& fn) {
+  using M = VecMath<acc_t>;
+  const FocalLossParams& f = spec.focal;
   switch (spec.kind) {
     case LossKind::SigmoidFocal:
-      if (spec.focal.gamma_is_two) {
-        fn(SigmoidFocalElement<acc_t, true>(spec));
+      if (f.gamma_is_two) {
+        fn(SigmoidFocalElement<M, true>(f.gamma, f.weight_positive, f.weight_negative), LabelTargets<acc_t>{});
       } else {
-        fn(SigmoidFocalElement<acc_t, false>(spec));
+        fn(SigmoidFocalElement<M, false>(f.gamma, f.weight_positive, f.weight_negative), LabelTargets<acc_t>{});
       }
       break;
     case LossKind::QualityFocal:
       if (spec.beta == 2.0) {
-        fn(QualityFocalElement<acc_t, true>(spec));
+        fn(QualityFocalElement<M, true>(spec.beta), LabelTargets<acc_t>{});
       } else {
-        fn(QualityFocalElement<acc_t, false>(spec));
+        fn(QualityFocalElement<M, false>(spec.beta), LabelTargets<acc_t>{});
+      }
+      break;
+    case LossKind::DenseFocal:
+      if (f.gamma_is_two) {
+        fn(DenseFocalElement<M, true>(f.gamma, f.weight_positive, f.weight_negative), DenseTargets<acc_t>{});
+      } else {
+        fn(DenseFocalElement<M, false>(f.gamma, f.weight_positive, f.weight_negative), DenseTargets<acc_t>{});
       }
       break;
   }
@@ -319,7 +308,12 @@ void run(
     RowInputs<acc_t> in{};
     in.row_stride = logits.stride(0);
     in.num_classes = K;
-    in.labels = LabelReader{labels.const_data_ptr(), labels.stride(0), labels.scalar_type() == at::kInt};
+    if (spec.kind == LossKind::DenseFocal) {
+      in.targets = spec.targets.const_data_ptr<acc_t>();
+      in.targets_row_stride = spec.targets.stride(0);
+    } else {
+      in.labels = LabelReader{labels.const_data_ptr(), labels.stride(0), labels.scalar_type() == at::kInt};
+    }
     if (spec.kind == LossKind::QualityFocal) {
       in.quality = spec.quality.const_data_ptr<acc_t>();
       in.quality_stride = spec.quality.stride(0);
@@ -331,15 +325,16 @@ void run(
     in.op_name = spec.op_name;
     const VecConstants<acc_t> constants(scale);
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    with_element<acc_t>(spec, [&](const auto& element) {
+    with_element<acc_t>(spec, [&](const auto& element, auto targets_tag) {
       using Element = std::decay_t<decltype(element)>;
+      using Targets = decltype(targets_tag);
       at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
         for (int64_t b = block_begin; b < block_end; ++b) {
           const int64_t row_begin = b * block_rows;
           const int64_t row_end = std::min(N, row_begin + block_rows);
           double* sum_slot = kMode == Mode::LossSum ? partial_sums + b : nullptr;
           int64_t* valid_slot = kMode == Mode::LossSum ? partial_valid_rows + b : nullptr;
-          process_rows<scalar_t, acc_t, Element, kMode>(
+          process_rows<scalar_t, acc_t, Element, Targets, kMode>(
               x, in, element, constants, row_begin, row_end, out, sum_slot, valid_slot);
         }
       });

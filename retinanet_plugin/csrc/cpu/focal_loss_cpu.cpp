@@ -2,6 +2,7 @@
 // variant (AVX-512, AVX2 or generic) from the capability ATen reports for this CPU.
 #include "focal_loss.h"
 #include "focal_loss_cpu_kernels.h"
+#include "loss_elements.h"
 
 #include <ATen/Version.h>
 #include <ATen/ops/empty.h>
@@ -36,14 +37,19 @@ double host_denominator(const std::optional<at::Tensor>& normalizer, double divi
   return normalizer.has_value() ? divisor * normalizer->item<double>() : divisor;
 }
 
-int64_t count_valid_rows(const char* op_name, const at::Tensor& labels, int64_t num_classes) {
+// The rows of a mean: those not ignored (every row for float targets).
+int64_t count_valid_rows(const LossSpec& spec, const at::Tensor& labels, int64_t num_rows, int64_t num_classes) {
+  if (spec.kind == LossKind::DenseFocal) {
+    return num_rows;
+  }
+  const char* op_name = spec.op_name;
   const int64_t n = labels.size(0);
   const int64_t stride = labels.stride(0);
   int64_t valid = 0;
   auto count = [&](const auto* data) {
     for (int64_t row = 0; row < n; ++row) {
       const int64_t label = data[row * stride];
-      if (label < -1 || label > num_classes) {
+      if (!label_is_valid(label, num_classes)) {
         throw_bad_label(op_name, row, label, num_classes);
       }
       valid += label >= 0;
@@ -57,14 +63,24 @@ int64_t count_valid_rows(const char* op_name, const at::Tensor& labels, int64_t 
   return valid;
 }
 
+// The spec as the kernels read it: float targets with unit column stride, like the logits.
+LossSpec with_unit_column_stride_targets(const LossSpec& spec) {
+  LossSpec local = spec;
+  if (local.kind == LossKind::DenseFocal) {
+    local.targets = with_unit_column_stride(local.targets);
+  }
+  return local;
+}
+
 }  // namespace
 
 std::string cpu_kernel_capability() {
   return cpu_kernels().second;
 }
 
-at::Tensor loss_forward_cpu(const LossSpec& spec, const at::Tensor& logits, const at::Tensor& labels,
+at::Tensor loss_forward_cpu(const LossSpec& given_spec, const at::Tensor& logits, const at::Tensor& labels,
     const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
+  const LossSpec spec = with_unit_column_stride_targets(given_spec);
   const at::Tensor x = with_unit_column_stride(logits);
   const at::ScalarType acc_type = focal_loss_accumulate_type(x.scalar_type());
   const int64_t num_rows = x.size(0);
@@ -94,8 +110,9 @@ at::Tensor loss_forward_cpu(const LossSpec& spec, const at::Tensor& logits, cons
   return at::scalar_tensor(total / denominator, x.options().dtype(acc_type));
 }
 
-at::Tensor loss_backward_cpu(const LossSpec& spec, const at::Tensor& grad, const at::Tensor& logits,
+at::Tensor loss_backward_cpu(const LossSpec& given_spec, const at::Tensor& grad, const at::Tensor& logits,
     const at::Tensor& labels, const std::optional<at::Tensor>& normalizer, Reduction reduction, double divisor) {
+  const LossSpec spec = with_unit_column_stride_targets(given_spec);
   const at::Tensor x = with_unit_column_stride(logits);
   const at::ScalarType acc_type = focal_loss_accumulate_type(x.scalar_type());
   const int64_t num_rows = x.size(0);
@@ -108,7 +125,7 @@ at::Tensor loss_backward_cpu(const LossSpec& spec, const at::Tensor& grad, const
   } else {
     scale *= grad.item<double>();
     if (reduction == Reduction::Mean) {
-      const int64_t valid_rows = count_valid_rows(spec.op_name, labels, num_classes);
+      const int64_t valid_rows = count_valid_rows(spec, labels, num_rows, num_classes);
       scale /= static_cast<double>(std::max<int64_t>(valid_rows * num_classes, 1));
     }
   }

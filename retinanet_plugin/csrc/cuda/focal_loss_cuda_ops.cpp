@@ -6,13 +6,16 @@
 #include <c10/util/Exception.h>
 
 #ifdef WITH_CUDA
-#include "focal_loss_cuda.h"
+#include "cuda/focal_loss_cuda.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+
+#include <algorithm>
 #endif
 
 namespace retinanet_plugin {
@@ -35,13 +38,10 @@ cuda::LogitsType logits_type(at::ScalarType dtype) {
   }
 }
 
-// Blocks of 256 threads that fit on the device at once: the grid cap of the kernels.
-int resident_blocks(int device) {
-  int multiprocessors = 0;
-  int threads_per_multiprocessor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_multiprocessor, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  return multiprocessors * std::max(1, threads_per_multiprocessor / 256);
+int multiprocessors(int device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
 }
 
 // The problem description; `normalizer_on_device` and `spec` (its quality) must outlive the launches.
@@ -59,9 +59,15 @@ cuda::Problem make_problem(
   p.cols = logits.size(1);
   p.row_stride = logits.stride(0);
   p.col_stride = logits.stride(1);
-  p.labels = labels.const_data_ptr();
-  p.labels_int32 = labels.scalar_type() == at::kInt;
-  p.label_stride = labels.stride(0);
+  if (spec.kind != LossKind::DenseFocal) {
+    p.labels = labels.const_data_ptr();
+    p.labels_int32 = labels.scalar_type() == at::kInt;
+    p.label_stride = labels.stride(0);
+  } else {
+    p.targets = spec.targets.const_data_ptr();
+    p.targets_row_stride = spec.targets.stride(0);
+    p.targets_col_stride = spec.targets.stride(1);
+  }
   p.kind = spec.kind;
   p.gamma = spec.focal.gamma;
   p.weight_positive = spec.focal.weight_positive;
@@ -75,13 +81,15 @@ cuda::Problem make_problem(
   p.divisor = divisor;
   if (normalizer.has_value()) {
     if (normalizer->device().is_cpu()) {
-      p.divisor *= normalizer->item<double>();  // a host value: reading it does not wait for the GPU
+      // A host value: reading it does not wait for the GPU. It becomes a constant of the launch, so a CUDA graph
+      // captured with it keeps this value; pass the normaliser on the device to have replays read it anew.
+      p.divisor *= normalizer->item<double>();
     } else {
       normalizer_on_device = normalizer->reshape({}).to(focal_loss_accumulate_type(logits.scalar_type())).contiguous();
       p.normalizer = normalizer_on_device.const_data_ptr();
     }
   }
-  p.max_blocks = resident_blocks(logits.get_device());
+  p.multiprocessors = multiprocessors(logits.get_device());
   p.stream = c10::cuda::getCurrentCUDAStream(logits.get_device()).stream();
   return p;
 }
@@ -95,7 +103,7 @@ at::Tensor loss_forward_cuda(const LossSpec& spec, const at::Tensor& logits, con
   at::Tensor normalizer_on_device;
   const cuda::Problem p = make_problem(spec, logits, labels, normalizer, divisor, normalizer_on_device);
   if (reduction == Reduction::None) {
-    at::Tensor loss = at::empty({p.rows, p.cols}, acc_options);
+    at::Tensor loss = at::empty_strided({p.rows, p.cols}, output_strides(logits), acc_options);
     C10_CUDA_CHECK(cuda::launch_forward_elementwise(p, loss.data_ptr()));
     return loss;
   }
@@ -117,12 +125,17 @@ at::Tensor loss_backward_cuda(const LossSpec& spec, const at::Tensor& grad, cons
   const bool elementwise = reduction == Reduction::None;
   const at::Tensor upstream = elementwise ? grad.to(acc_type) : grad.reshape({}).to(acc_type).contiguous();
   at::Tensor valid_rows;  // on the device: mean divides by (non-ignored rows) * K without a host read
+  cuda::Problem q = p;
   if (reduction == Reduction::Mean) {
-    valid_rows = labels.ge(0).sum().to(at::kLong);
+    if (spec.kind == LossKind::DenseFocal) {  // every element counts: a constant
+      q.divisor *= static_cast<double>(std::max<int64_t>(p.rows * p.cols, 1));
+    } else {
+      valid_rows = labels.ge(0).sum().to(at::kLong);
+    }
   }
-  at::Tensor grad_logits = at::empty({p.rows, p.cols}, logits.options());
+  at::Tensor grad_logits = at::empty_strided({p.rows, p.cols}, output_strides(logits), logits.options());
   C10_CUDA_CHECK(cuda::launch_backward(
-      p, upstream.const_data_ptr(), elementwise, elementwise ? upstream.stride(0) : 0, elementwise ? upstream.stride(1) : 0,
+      q, upstream.const_data_ptr(), elementwise, elementwise ? upstream.stride(0) : 0, elementwise ? upstream.stride(1) : 0,
       valid_rows.defined() ? valid_rows.const_data_ptr<int64_t>() : nullptr, grad_logits.data_ptr()));
   return grad_logits;
 }
