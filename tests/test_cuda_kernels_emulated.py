@@ -48,7 +48,7 @@ class EmuCall(ctypes.Structure):
         ("partial_capacity", ctypes.c_int64),
         ("grad", ctypes.c_void_p), ("grad_elementwise", ctypes.c_int64), ("grad_row_stride", ctypes.c_int64),
         ("grad_col_stride", ctypes.c_int64), ("valid_rows", ctypes.c_void_p),
-        ("visits", ctypes.c_void_p),
+        ("visits", ctypes.c_void_p), ("schedule", ctypes.c_int64),
     ]
 
 
@@ -96,7 +96,7 @@ class Case:
 
     def __init__(self, kind="sigmoid_focal", rows=37, cols=80, dtype=torch.float32, layout="contiguous",
                  label_dtype=torch.int64, gamma=2.0, alpha=0.25, beta=2.0, normalizer=None, divisor=1.0,
-                 multiprocessors=4, blocks_per_multiprocessor=2, seed=0):
+                 multiprocessors=4, blocks_per_multiprocessor=2, targets_layout="contiguous", quality_stride=1, seed=0):
         g = torch.Generator().manual_seed(seed)
         self.kind, self.dtype, self.gamma, self.alpha, self.beta = kind, dtype, gamma, alpha, beta
         self.multiprocessors, self.blocks_per_multiprocessor = multiprocessors, blocks_per_multiprocessor
@@ -113,6 +113,10 @@ class Case:
             wide = torch.zeros(rows, cols + 4, dtype=dtype)
             wide[:, :cols] = base
             self.logits = wide[:, :cols]
+        elif layout == "offset":  # starts one element into its storage: not 16-byte aligned
+            wide = torch.zeros(rows, cols + 8, dtype=dtype)
+            wide[:, 1 : cols + 1] = base
+            self.logits = wide[:, 1 : cols + 1]
         u = torch.rand(rows, generator=g)
         labels = torch.full((rows,), cols, dtype=torch.int64)
         positive = u < 0.4
@@ -123,6 +127,14 @@ class Case:
         targets = (torch.rand(rows, cols, generator=g) < 0.2).to(torch.float64)
         targets[: rows // 3] = torch.rand(rows // 3, cols, generator=g, dtype=torch.float64)  # soft rows
         self.targets = targets.to(_acc(dtype))
+        if targets_layout == "offset":  # dense targets one element into their storage
+            wide = torch.zeros(rows, cols + 8, dtype=_acc(dtype))
+            wide[:, 1 : cols + 1] = self.targets
+            self.targets = wide[:, 1 : cols + 1]
+        elif targets_layout == "column_major":
+            self.targets = self.targets.t().contiguous().t()
+        if quality_stride > 1:
+            self.quality = self.quality.repeat_interleave(quality_stride)[::quality_stride]
         self.normalizer = None if normalizer is None else torch.tensor(float(normalizer), dtype=_acc(dtype))
         self.divisor = divisor
 
@@ -180,7 +192,7 @@ def _run(emulator, call):
     return result
 
 
-def emulate(emulator, case, reduction, grad=None, visits=None):
+def emulate(emulator, case, reduction, grad=None, visits=None, schedule=0):
     """(output, EmuResult): the forward for `reduction`, or its backward given the upstream gradient `grad`."""
     rows, cols = case.logits.shape
     acc = _acc(case.dtype)
@@ -210,6 +222,7 @@ def emulate(emulator, case, reduction, grad=None, visits=None):
                 valid = (case.labels >= 0).sum().to(torch.int64)
                 call.valid_rows = _ptr(valid)
     call.out = _ptr(out)
+    call.schedule = schedule
     if visits is not None:
         call.visits = _ptr(visits)
     result = _run(emulator, call)
@@ -249,6 +262,9 @@ def check_against_cpu(emulator, case, reductions=("none", "sum", "mean")):
         visits = torch.zeros(rows, cols, dtype=torch.int32)
         got, result = emulate(emulator, case, reduction, visits=visits)
         torch.testing.assert_close(got, expected, **_tolerances(case.dtype), equal_nan=False)
+        if reduction != "none":  # the kernels that share memory, also with the warps in the other order
+            again, _ = emulate(emulator, case, reduction, schedule=1)
+            torch.testing.assert_close(again, expected, **_tolerances(case.dtype))
         assert result.visits_out_of_range == 0
         if reduction == "none":
             assert (visits == 1).all(), "forward 'none': every element written exactly once"
@@ -299,8 +315,40 @@ def test_emulated_kernels_on_non_contiguous_logits(emulator, kind, layout):
         assert result.threads_per_row == 1 and result.vector_width == 1
     elif layout == "strided":
         assert result.vector_width == 1
-    else:  # a row stride of K + 4 keeps every row 16-byte aligned: still vectorised
+    else:  # a row stride of K + 4 keeps every fp32 row 16-byte aligned: still vectorised
         assert result.vector_width == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_emulated_kernels_layouts_in_every_dtype(emulator, dtype):
+    for layout in ("column_major", "row_padded", "offset"):
+        result = check_against_cpu(emulator, Case(kind="sigmoid_focal", rows=37, cols=80, dtype=dtype, layout=layout))
+        assert result.column_major == (layout == "column_major")
+        if layout != "column_major":  # 16-bit rows of K + 4 or shifted by one element are not 16-byte aligned
+            vector = 16 // torch.empty((), dtype=dtype).element_size()
+            assert result.vector_width == (vector if layout == "row_padded" and dtype == torch.float64 else 1)
+
+
+def test_emulated_kernels_misaligned_and_strided_targets(emulator):
+    """Logits or float targets that do not start on a 16-byte boundary take the scalar path (the emulation reports
+    any misaligned 128-bit access); strided targets and quality are read through their strides."""
+    for dtype in (torch.float32, torch.float16):
+        for kind in ("sigmoid_focal", "dense_focal"):
+            result = check_against_cpu(emulator, Case(kind=kind, rows=37, cols=80, dtype=dtype, layout="offset"))
+            assert result.vector_width == 1
+        for targets_layout in ("offset", "column_major"):
+            case = Case(kind="dense_focal", rows=37, cols=80, dtype=dtype, targets_layout=targets_layout)
+            assert check_against_cpu(emulator, case).vector_width == 1
+    check_against_cpu(emulator, Case(kind="quality_focal", rows=300, cols=80, quality_stride=3))
+
+
+def test_emulated_kernels_wide_rows_use_whole_warps(emulator):
+    """K = 1203 (LVIS): 32 threads share a row, so a warp reads one contiguous run of it."""
+    for kind in ("sigmoid_focal", "dense_focal"):
+        result = check_against_cpu(emulator, Case(kind=kind, rows=20, cols=1203, seed=13), reductions=("none", "sum"))
+        assert result.threads_per_row == 32 and result.vector_width == 1
+    result = check_against_cpu(emulator, Case(rows=37, cols=80))
+    assert (result.threads_per_row, result.vector_width) == (8, 4)  # 20 units of 4 columns, 8 threads per row
 
 
 def test_emulated_kernels_int32_labels_device_normalizer_and_constants(emulator):
@@ -323,6 +371,9 @@ def test_emulated_grid_stride_loops_cover_every_row(emulator):
         case = Case(kind=kind, rows=300, cols=24, multiprocessors=64, blocks_per_multiprocessor=8, seed=12)
         result = check_against_cpu(emulator, case)  # 6 units of 4: 2 threads per row, 128 rows per block: 3 blocks
         assert result.threads_per_row == 2 and result.grids[0] == 3
+        case = Case(kind=kind, rows=600, cols=80, layout="column_major", multiprocessors=1, blocks_per_multiprocessor=1)
+        result = check_against_cpu(emulator, case)  # one thread per row: 256 rows per pass, 3 passes of one block
+        assert result.column_major == 1 and result.grids[0] == 1
 
 
 def test_emulated_bad_targets_trip_the_device_assertion(emulator):
@@ -345,12 +396,21 @@ def test_emulated_bad_targets_trip_the_device_assertion(emulator):
 def test_emulation_models_barriers_and_shuffles(emulator):
     """The emulation itself: the kernels' block_sum over 256 threads is exact, and a barrier or a shuffle that not
     every thread reaches is reported instead of passing silently."""
-    emulator.emu_selfcheck.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, ctypes.c_int64]
+    emulator.emu_selfcheck.argtypes = [
+        ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, ctypes.c_int64]
     out = ctypes.c_double(-1.0)
     error = ctypes.create_string_buffer(256)
-    assert emulator.emu_selfcheck(0, ctypes.byref(out), error, 256) == 0 and error.value == b""
-    assert out.value == sum(range(THREADS))
-    assert emulator.emu_selfcheck(1, ctypes.byref(out), error, 256) == 1
-    assert b"__syncthreads" in error.value
-    assert emulator.emu_selfcheck(2, ctypes.byref(out), error, 256) == 1
-    assert b"32 lanes" in error.value
+
+    def selfcheck(which, schedule=0):
+        out.value = -1.0
+        return emulator.emu_selfcheck(which, schedule, ctypes.byref(out), error, 256)
+
+    for schedule in (0, 1):
+        assert selfcheck(0, schedule) == 0 and error.value == b""
+        assert out.value == sum(range(THREADS))
+    assert selfcheck(1) == 1 and b"__syncthreads" in error.value
+    assert selfcheck(2) == 1 and b"32 lanes" in error.value
+    # Reusing a block_sum's shared array without a barrier: invisible in index order, caught with the warps reversed.
+    assert selfcheck(3, schedule=0) == 0 and out.value == sum(range(THREADS))
+    assert selfcheck(3, schedule=1) == 0 and out.value != sum(range(THREADS))
+    assert selfcheck(4) == 1 and b"not 16-byte aligned" in error.value

@@ -11,6 +11,10 @@
 // - CUDA_KERNEL_ASSERT_MSG records the first failed assertion instead of aborting;
 // - RP_EMULATION_VISIT(row, col) counts the kernels' visits of each element when a counter array is set;
 // - __half and __nv_bfloat16 are 16-bit storage types with round-to-nearest-even conversions.
+// - 128-bit accesses (the kernels' vector loads and stores) at an address that is not 16-byte aligned are reported,
+//   as a GPU faults on them;
+// - two schedules: threads in index order, or warp by warp from the highest, each warp running as far as it can
+//   (its shuffles included) before the next: the second exposes shared-memory reuse without a barrier.
 // Blocks run one after another (the kernels do not communicate between blocks within a launch).
 #pragma once
 
@@ -40,7 +44,7 @@ struct dim3 {
 using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0, cudaErrorLaunchFailure = 4 };
 
-struct uint4 {
+struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 
@@ -138,6 +142,9 @@ struct Report {
 
 inline Report report;
 
+enum class Schedule { InOrder, HighestWarpFirst };
+inline Schedule schedule = Schedule::InOrder;
+
 enum class FiberState { Ready, AtBlockBarrier, AtWarpBarrier, Done };
 
 struct Fiber {
@@ -197,12 +204,38 @@ inline void run_block(Block& b, unsigned threads, const std::function<void()>& b
     makecontext(&f.context, trampoline, 0);
   }
   const unsigned warps = (threads + 31) / 32;
+  auto resume = [&](unsigned t) {
+    b.current = static_cast<int>(t);
+    threadIdx.x = t;
+    swapcontext(&b.scheduler, &b.fibers[t].context);
+  };
   while (true) {
-    for (unsigned t = 0; t < threads; ++t) {
-      if (b.fibers[t].state == FiberState::Ready) {
-        b.current = static_cast<int>(t);
-        threadIdx.x = t;
-        swapcontext(&b.scheduler, &b.fibers[t].context);
+    if (schedule == Schedule::InOrder) {
+      for (unsigned t = 0; t < threads; ++t) {
+        if (b.fibers[t].state == FiberState::Ready) {
+          resume(t);
+        }
+      }
+    } else {
+      for (int w = static_cast<int>(warps) - 1; w >= 0; --w) {
+        const unsigned first = static_cast<unsigned>(w) * 32, last = std::min(threads, first + 32);
+        while (true) {
+          for (unsigned t = first; t < last; ++t) {
+            if (b.fibers[t].state == FiberState::Ready) {
+              resume(t);
+            }
+          }
+          bool whole_warp_waits = true;
+          for (unsigned t = first; t < last; ++t) {
+            whole_warp_waits = whole_warp_waits && b.fibers[t].state == FiberState::AtWarpBarrier;
+          }
+          if (!whole_warp_waits) {
+            break;
+          }
+          for (unsigned t = first; t < last; ++t) {
+            b.fibers[t].state = FiberState::Ready;
+          }
+        }
       }
     }
     unsigned done = 0, at_block = 0;
@@ -249,14 +282,22 @@ inline void launch(int grid, unsigned threads, const std::function<void()>& body
   report.grids.push_back(grid);
   gridDim.x = static_cast<unsigned>(grid);
   blockDim.x = threads;
-  Block b;
-  b.fibers.resize(threads);
-  for (Fiber& f : b.fibers) {
-    f.stack.resize(kStackBytes);
+  static Block b;  // the fibers' stacks, allocated once for every launch
+  if (b.fibers.size() < threads) {
+    b.fibers.resize(threads);
+    for (Fiber& f : b.fibers) {
+      f.stack.resize(kStackBytes);
+    }
   }
   for (int block = 0; block < grid && report.error.empty(); ++block) {
     blockIdx.x = static_cast<unsigned>(block);
     run_block(b, threads, body);
+  }
+}
+
+inline void check_aligned_16(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    fail("a 128-bit access at an address that is not 16-byte aligned (a misaligned-address fault on a GPU)");
   }
 }
 
@@ -306,3 +347,4 @@ T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   } while (0)
 
 #define RP_EMULATION_VISIT(row, col) rp_emulation::visit((row), (col))
+#define RP_EMULATION_ALIGNED_16(pointer) rp_emulation::check_aligned_16(pointer)

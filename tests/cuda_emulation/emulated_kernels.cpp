@@ -60,6 +60,7 @@ struct EmuCall {
   int64_t grad_elementwise, grad_row_stride, grad_col_stride;
   const void* valid_rows;  // op 3, mean: int64 on "the device"
   int32_t* visits;         // [rows, cols] counters, or null
+  int64_t schedule;        // 0 threads in index order, 1 highest warp first
 };
 
 struct EmuResult {
@@ -80,6 +81,7 @@ int emu_run(const EmuCall* c, EmuResult* r) {
   rp_emulation::report.visit_rows = c->rows;
   rp_emulation::report.visit_cols = c->cols;
   blocks_per_multiprocessor_setting = static_cast<int>(c->blocks_per_multiprocessor);
+  rp_emulation::schedule = c->schedule == 1 ? rp_emulation::Schedule::HighestWarpFirst : rp_emulation::Schedule::InOrder;
 
   Problem p;
   p.logits = c->logits;
@@ -127,7 +129,8 @@ int emu_run(const EmuCall* c, EmuResult* r) {
         return 2;
       }
       kernels::launch_forward_reduce<EmulatedRuntime>(
-          p, c->op == 2, c->partial_sums, static_cast<int64_t*>(c->partial_counts), c->out);
+          p, c->op == 2, c->partial_sums, static_cast<int64_t*>(c->partial_counts),
+          static_cast<int>(r->reduce_grid_size), c->out);
       break;
     case 3:
       kernels::launch_backward<EmulatedRuntime>(p, c->grad, c->grad_elementwise != 0, c->grad_row_stride,
@@ -152,13 +155,27 @@ int emu_run(const EmuCall* c, EmuResult* r) {
 }
 
 // Checks of the emulation itself, on the kernels' own block_sum: 0 a block sum of the thread indices (written to
-// *out, expect 0 + 1 + ... + 255), 1 a __syncthreads that half of the block skips, 2 a shuffle that one lane skips.
-// Returns the emulation's error message (empty if none) in `error`.
-int emu_selfcheck(int64_t which, double* out, char* error, int64_t error_size) {
+// *out, expect 0 + 1 + ... + 255), 1 a __syncthreads that half of the block skips, 2 a shuffle that one lane skips,
+// 3 two block sums of the thread indices through one shared array without a barrier between them (a race: *out is
+// the first, right only if warp 0 reads before the other warps write again), 4 a misaligned 128-bit load.
+// `schedule` as in EmuCall. Returns the emulation's error message (empty if none) in `error`.
+int emu_selfcheck(int64_t which, int64_t schedule, double* out, char* error, int64_t error_size) {
   rp_emulation::report = rp_emulation::Report{};
+  rp_emulation::schedule = schedule == 1 ? rp_emulation::Schedule::HighestWarpFirst : rp_emulation::Schedule::InOrder;
+  alignas(16) float words[8] = {};
   auto body = [&] {
     __shared__ double shared[kWarps];
-    if (which == 0) {
+    if (which == 3) {
+      const double first = kernels::block_sum(static_cast<double>(threadIdx.x), shared);
+      kernels::block_sum(static_cast<double>(threadIdx.x) * 1000.0, shared);  // reuses `shared`: no barrier
+      if (threadIdx.x == 0) {
+        *out = first;
+      }
+    } else if (which == 4) {
+      if (threadIdx.x == 0) {
+        *out = kernels::load_pack<float, 4>(words + 1).v[0];
+      }
+    } else if (which == 0) {
       const double sum = kernels::block_sum(static_cast<double>(threadIdx.x), shared);
       if (threadIdx.x == 0) {
         *out = sum;

@@ -41,9 +41,10 @@ cudaError_t launch_forward_elementwise(const Problem& problem, void* loss) {
   return kernels::launch_forward_elementwise<CudaRuntime>(problem, loss);
 }
 
-cudaError_t launch_forward_reduce(
-    const Problem& problem, bool mean, void* partial_sums, int64_t* partial_counts, void* loss) {
-  return kernels::launch_forward_reduce<CudaRuntime>(problem, mean, partial_sums, partial_counts, loss);
+cudaError_t launch_forward_reduce(const Problem& problem, bool mean, void* partial_sums, int64_t* partial_counts,
+    int partial_capacity, void* loss) {
+  return kernels::launch_forward_reduce<CudaRuntime>(
+      problem, mean, partial_sums, partial_counts, partial_capacity, loss);
 }
 
 cudaError_t launch_backward(

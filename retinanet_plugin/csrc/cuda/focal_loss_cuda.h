@@ -57,9 +57,10 @@ int reduce_grid_size(const Problem& problem);
 cudaError_t launch_forward_elementwise(const Problem& problem, void* loss);
 
 // loss: one acc value = sum (or mean over non-ignored elements) / (divisor * normalizer). partial_sums (acc) and
-// partial_counts hold reduce_grid_size() entries; a second single-block kernel adds them in a fixed order.
-cudaError_t launch_forward_reduce(
-    const Problem& problem, bool mean, void* partial_sums, int64_t* partial_counts, void* loss);
+// partial_counts hold `partial_capacity` entries (reduce_grid_size()); the grid never exceeds them. A second
+// single-block kernel adds the partials in a fixed order.
+cudaError_t launch_forward_reduce(const Problem& problem, bool mean, void* partial_sums, int64_t* partial_counts,
+    int partial_capacity, void* loss);
 
 // grad_logits [rows, cols] in the logits type, layout per column_major(). grad (acc): one value for sum/mean, or
 // [rows, cols] with the given strides when grad_elementwise (reduction "none"). valid_rows: the number of

@@ -112,7 +112,8 @@ at::Tensor loss_forward_cuda(const LossSpec& spec, const at::Tensor& logits, con
   at::Tensor partial_counts = at::empty({blocks}, logits.options().dtype(at::kLong));
   at::Tensor loss = at::empty({}, acc_options);
   C10_CUDA_CHECK(cuda::launch_forward_reduce(
-      p, reduction == Reduction::Mean, partial_sums.data_ptr(), partial_counts.data_ptr<int64_t>(), loss.data_ptr()));
+      p, reduction == Reduction::Mean, partial_sums.data_ptr(), partial_counts.data_ptr<int64_t>(), blocks,
+      loss.data_ptr()));
   return loss;
 }
 

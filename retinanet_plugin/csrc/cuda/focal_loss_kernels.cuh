@@ -28,6 +28,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define RP_EMULATION_VISIT(row, col) ((void)0)
+#define RP_EMULATION_ALIGNED_16(pointer) ((void)0)
 #endif
 
 #include <cstdint>
@@ -78,6 +79,7 @@ __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
     return Pack<T, 1>{{*p}};
   } else {
     static_assert(V * sizeof(T) % 16 == 0, "a vector unit is whole 16-byte words");
+    RP_EMULATION_ALIGNED_16(p);
     Pack<T, V> pack;
     constexpr int kWords = V * sizeof(T) / 16;
 #pragma unroll
@@ -93,6 +95,7 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& pack) {
   if constexpr (V == 1) {
     *p = pack.v[0];
   } else {
+    RP_EMULATION_ALIGNED_16(p);
     constexpr int kWords = V * sizeof(T) / 16;
 #pragma unroll
     for (int w = 0; w < kWords; ++w) {
@@ -219,8 +222,10 @@ __device__ __forceinline__ T warp_sum(T value) {
   return value;
 }
 
+// The result in thread 0. `shared` holds kWarps values; it must not be reused by a later block_sum without a
+// __syncthreads in between (warp 0 reads it after the barrier while other warps may already have moved on).
 template <typename T>
-__device__ __forceinline__ T block_sum(T value, T* shared) {  // the result in thread 0
+__device__ __forceinline__ T block_sum(T value, T* shared) {
   value = warp_sum(value);
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
@@ -275,7 +280,7 @@ __device__ __forceinline__ void for_each_unit(const KernelArgs<scalar_t, acc_t>&
 }
 
 template <class Row, class Element, int V, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor)
     forward_elementwise_kernel(KernelArgs<scalar_t, acc_t> a, Element e, acc_t* __restrict__ loss) {
   const acc_t scale = inverse_denominator(a);
   const int64_t first_unit = a.geometry.first_unit(threadIdx.x);
@@ -305,7 +310,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 template <class Row, class Element, int V, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1) forward_reduce_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) forward_reduce_kernel(
     KernelArgs<scalar_t, acc_t> a, Element e, acc_t* __restrict__ partial_sums, long long* __restrict__ partial_counts) {
   __shared__ acc_t shared_sums[kWarps];
   __shared__ long long shared_counts[kWarps];
@@ -339,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_reduce_kernel(
 }
 
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1) finalize_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) finalize_kernel(
     const acc_t* __restrict__ partial_sums,
     const long long* __restrict__ partial_counts,
     int num_partials,
@@ -367,7 +372,7 @@ __global__ void __launch_bounds__(kThreads, 1) finalize_kernel(
 }
 
 template <class Row, class Element, int V, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1) backward_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) backward_kernel(
     KernelArgs<scalar_t, acc_t> a,
     Element e,
     const acc_t* __restrict__ grad,

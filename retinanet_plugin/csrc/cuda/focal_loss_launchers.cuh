@@ -170,7 +170,8 @@ cudaError_t launch_forward_elementwise(const Problem& p, void* loss) {
 }
 
 template <class Runtime>
-cudaError_t launch_forward_reduce(const Problem& p, bool mean, void* partial_sums, int64_t* partial_counts, void* loss) {
+cudaError_t launch_forward_reduce(
+    const Problem& p, bool mean, void* partial_sums, int64_t* partial_counts, int partial_capacity, void* loss) {
   auto* counts = reinterpret_cast<long long*>(partial_counts);
   dispatch(p, [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element, auto width) {
     using scalar_t = typename decltype(scalar_tag)::type;
@@ -179,7 +180,9 @@ cudaError_t launch_forward_reduce(const Problem& p, bool mean, void* partial_sum
     using Element = std::decay_t<decltype(element)>;
     const auto args = make_args<scalar_t, acc_t>(p, width.value);
     auto* kernel = &forward_reduce_kernel<Row, Element, width.value, scalar_t, acc_t>;
-    const int blocks = grid_for<Runtime>(p, args.geometry, kernel);  // == reduce_grid_size(p)
+    // == reduce_grid_size(p), which sized the buffers; the cap keeps a differing occupancy answer inside them
+    const int grid = grid_for<Runtime>(p, args.geometry, kernel);
+    const int blocks = grid < partial_capacity ? grid : (partial_capacity > 0 ? partial_capacity : 1);
     Runtime::launch(kernel, blocks, p.stream, args, element, static_cast<acc_t*>(partial_sums), counts);
     Runtime::launch(&finalize_kernel<acc_t>, 1, p.stream, static_cast<const acc_t*>(partial_sums),
         static_cast<const long long*>(counts), blocks, p.cols, mean, args.normalizer, args.divisor,
