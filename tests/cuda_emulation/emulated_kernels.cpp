@@ -108,10 +108,8 @@ int emu_run(const EmuCall* c, EmuResult* r) {
   p.divisor = c->divisor;
   p.multiprocessors = static_cast<int>(c->multiprocessors);
 
-  kernels::dispatch(p, [&](auto scalar_tag, auto acc_tag, auto, const auto&, auto width) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using acc_t = typename decltype(acc_tag)::type;
-    const Geometry g = kernels::make_args<scalar_t, acc_t>(p, width.value).geometry;
+  kernels::dispatch(p, [&](auto instance, const auto&) {
+    const Geometry g = decltype(instance)::type::args(p).geometry;
     r->vector_width = g.vector_width;
     r->threads_per_row = g.threads_per_row;
   });

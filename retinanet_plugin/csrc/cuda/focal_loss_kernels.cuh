@@ -279,20 +279,21 @@ __device__ __forceinline__ void for_each_unit(const KernelArgs<scalar_t, acc_t>&
   }
 }
 
+// Zeros this thread's share of row `row` of an [N, K] output (an ignored row), one column at a time.
+template <typename scalar_t, typename acc_t, typename T>
+__device__ __forceinline__ void zero_row_share(const KernelArgs<scalar_t, acc_t>& a, int64_t row, T* out) {
+  for (int64_t col = a.geometry.first_unit(threadIdx.x); col < a.cols; col += a.geometry.threads_per_row) {
+    RP_EMULATION_VISIT(row, col);
+    out[row * a.out_row_stride + col * a.out_col_stride] = from_acc<T>(acc_t(0));
+  }
+}
+
 template <class Row, class Element, int V, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor)
     forward_elementwise_kernel(KernelArgs<scalar_t, acc_t> a, Element e, acc_t* __restrict__ loss) {
   const acc_t scale = inverse_denominator(a);
-  const int64_t first_unit = a.geometry.first_unit(threadIdx.x);
   auto on_row = [&](int64_t row, const Row& r) {
-    if (r.ignored()) {  // no loss
-      for (int64_t col = first_unit; col < a.cols; col += a.geometry.threads_per_row) {
-        RP_EMULATION_VISIT(row, col);
-        loss[row * a.out_row_stride + col * a.out_col_stride] = acc_t(0);
-      }
-      return false;
-    }
-    return true;
+    return !r.ignored() || (zero_row_share(a, row, loss), false);  // ignored: no loss
   };
   for_each_unit<Row, V>(a, on_row, [&](int64_t row, int64_t unit, const Row& r, const acc_t(&x)[V], const auto& t) {
     Pack<acc_t, V> out;
@@ -389,16 +390,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) backwar
   if (!grad_elementwise) {
     scale *= *grad;
   }
-  const int64_t first_unit = a.geometry.first_unit(threadIdx.x);
   auto on_row = [&](int64_t row, const Row& r) {
-    if (r.ignored()) {  // zero gradient
-      for (int64_t col = first_unit; col < a.cols; col += a.geometry.threads_per_row) {
-        RP_EMULATION_VISIT(row, col);
-        grad_logits[row * a.out_row_stride + col * a.out_col_stride] = from_acc<scalar_t>(acc_t(0));
-      }
-      return false;
-    }
-    return true;
+    return !r.ignored() || (zero_row_share(a, row, grad_logits), false);  // ignored: zero gradient
   };
   for_each_unit<Row, V>(a, on_row, [&](int64_t row, int64_t unit, const Row& r, const acc_t(&x)[V], const auto& t) {
     Pack<scalar_t, V> out;

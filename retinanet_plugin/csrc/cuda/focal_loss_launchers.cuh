@@ -65,18 +65,34 @@ KernelArgs<scalar_t, acc_t> make_args(const Problem& p, int vector_width) {
   return a;
 }
 
-// Calls fn(TypeTag<scalar_t>, TypeTag<acc_t>, TypeTag<Row>, element, vector-width tag) for the problem; the
-// element's exponent 2 (the common case) is a compile-time flag, and so is the vector width.
+// One instantiation of the kernels: the types a problem dispatches to, its kernels and their arguments.
+template <class Row_, class Element_, int V, typename scalar_t_, typename acc_t_>
+struct Instance {
+  using Row = Row_;
+  using Element = Element_;
+  using scalar_t = scalar_t_;
+  using acc_t = acc_t_;
+  static constexpr int kVectorWidth = V;
+  static auto forward_elementwise() { return &forward_elementwise_kernel<Row, Element, V, scalar_t, acc_t>; }
+  static auto forward_reduce() { return &forward_reduce_kernel<Row, Element, V, scalar_t, acc_t>; }
+  static auto backward() { return &backward_kernel<Row, Element, V, scalar_t, acc_t>; }
+  static KernelArgs<scalar_t, acc_t> args(const Problem& p) { return make_args<scalar_t, acc_t>(p, V); }
+};
+
+// Calls fn(TypeTag<Instance<...>>, element) for the problem: its logits and accumulation types, its loss (the
+// element's exponent 2, the common case, as a compile-time flag) and its vector width.
 template <typename Fn>
 void dispatch(const Problem& p, Fn&& fn) {
   auto with_width = [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element) {
     using scalar_t = typename decltype(scalar_tag)::type;
     using acc_t = typename decltype(acc_tag)::type;
+    using Row = typename decltype(row_tag)::type;
+    using Element = std::decay_t<decltype(element)>;
     constexpr int kVector = 16 / sizeof(scalar_t);
     if (vector_width<scalar_t, acc_t>(p) == kVector) {
-      fn(scalar_tag, acc_tag, row_tag, element, std::integral_constant<int, kVector>{});
+      fn(TypeTag<Instance<Row, Element, kVector, scalar_t, acc_t>>{}, element);
     } else {
-      fn(scalar_tag, acc_tag, row_tag, element, std::integral_constant<int, 1>{});
+      fn(TypeTag<Instance<Row, Element, 1, scalar_t, acc_t>>{}, element);
     }
   };
   auto with_element = [&](auto scalar_tag, auto acc_tag) {
@@ -140,13 +156,9 @@ int grid_for(const Problem& p, const Geometry& g, Kernel kernel) {
 template <class Runtime>
 int reduce_grid_size(const Problem& p) {
   int blocks = 1;
-  dispatch(p, [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element, auto width) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using acc_t = typename decltype(acc_tag)::type;
-    using Row = typename decltype(row_tag)::type;
-    using Element = std::decay_t<decltype(element)>;
-    const auto args = make_args<scalar_t, acc_t>(p, width.value);
-    blocks = grid_for<Runtime>(p, args.geometry, &forward_reduce_kernel<Row, Element, width.value, scalar_t, acc_t>);
+  dispatch(p, [&](auto instance, const auto&) {
+    using I = typename decltype(instance)::type;
+    blocks = grid_for<Runtime>(p, I::args(p).geometry, I::forward_reduce());
   });
   return blocks;
 }
@@ -156,15 +168,11 @@ cudaError_t launch_forward_elementwise(const Problem& p, void* loss) {
   if (p.rows == 0) {
     return cudaSuccess;
   }
-  dispatch(p, [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element, auto width) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using acc_t = typename decltype(acc_tag)::type;
-    using Row = typename decltype(row_tag)::type;
-    using Element = std::decay_t<decltype(element)>;
-    const auto args = make_args<scalar_t, acc_t>(p, width.value);
-    auto* kernel = &forward_elementwise_kernel<Row, Element, width.value, scalar_t, acc_t>;
-    Runtime::launch(kernel, grid_for<Runtime>(p, args.geometry, kernel), p.stream, args, element,
-        static_cast<acc_t*>(loss));
+  dispatch(p, [&](auto instance, const auto& element) {
+    using I = typename decltype(instance)::type;
+    const auto args = I::args(p);
+    Runtime::launch(I::forward_elementwise(), grid_for<Runtime>(p, args.geometry, I::forward_elementwise()),
+        p.stream, args, element, static_cast<typename I::acc_t*>(loss));
   });
   return Runtime::last_error();
 }
@@ -173,17 +181,14 @@ template <class Runtime>
 cudaError_t launch_forward_reduce(
     const Problem& p, bool mean, void* partial_sums, int64_t* partial_counts, int partial_capacity, void* loss) {
   auto* counts = reinterpret_cast<long long*>(partial_counts);
-  dispatch(p, [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element, auto width) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using acc_t = typename decltype(acc_tag)::type;
-    using Row = typename decltype(row_tag)::type;
-    using Element = std::decay_t<decltype(element)>;
-    const auto args = make_args<scalar_t, acc_t>(p, width.value);
-    auto* kernel = &forward_reduce_kernel<Row, Element, width.value, scalar_t, acc_t>;
+  dispatch(p, [&](auto instance, const auto& element) {
+    using I = typename decltype(instance)::type;
+    using acc_t = typename I::acc_t;
+    const auto args = I::args(p);
     // == reduce_grid_size(p), which sized the buffers; the cap keeps a differing occupancy answer inside them
-    const int grid = grid_for<Runtime>(p, args.geometry, kernel);
+    const int grid = grid_for<Runtime>(p, args.geometry, I::forward_reduce());
     const int blocks = grid < partial_capacity ? grid : (partial_capacity > 0 ? partial_capacity : 1);
-    Runtime::launch(kernel, blocks, p.stream, args, element, static_cast<acc_t*>(partial_sums), counts);
+    Runtime::launch(I::forward_reduce(), blocks, p.stream, args, element, static_cast<acc_t*>(partial_sums), counts);
     Runtime::launch(&finalize_kernel<acc_t>, 1, p.stream, static_cast<const acc_t*>(partial_sums),
         static_cast<const long long*>(counts), blocks, p.cols, mean, args.normalizer, args.divisor,
         static_cast<acc_t*>(loss));
@@ -203,16 +208,12 @@ cudaError_t launch_backward(
   if (p.rows == 0) {
     return cudaSuccess;
   }
-  dispatch(p, [&](auto scalar_tag, auto acc_tag, auto row_tag, const auto& element, auto width) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using acc_t = typename decltype(acc_tag)::type;
-    using Row = typename decltype(row_tag)::type;
-    using Element = std::decay_t<decltype(element)>;
-    const auto args = make_args<scalar_t, acc_t>(p, width.value);
-    auto* kernel = &backward_kernel<Row, Element, width.value, scalar_t, acc_t>;
-    Runtime::launch(kernel, grid_for<Runtime>(p, args.geometry, kernel), p.stream, args, element,
-        static_cast<const acc_t*>(grad), grad_elementwise, grad_row_stride, grad_col_stride,
-        reinterpret_cast<const long long*>(valid_rows), static_cast<scalar_t*>(grad_logits));
+  dispatch(p, [&](auto instance, const auto& element) {
+    using I = typename decltype(instance)::type;
+    const auto args = I::args(p);
+    Runtime::launch(I::backward(), grid_for<Runtime>(p, args.geometry, I::backward()), p.stream, args, element,
+        static_cast<const typename I::acc_t*>(grad), grad_elementwise, grad_row_stride, grad_col_stride,
+        reinterpret_cast<const long long*>(valid_rows), static_cast<typename I::scalar_t*>(grad_logits));
   });
   return Runtime::last_error();
 }
