@@ -1,4 +1,5 @@
-"""Config keys of the plugin: every new key lives under ``MODEL.RETINANET_PLUGIN``.
+"""Config keys of the plugin: new keys live under ``MODEL.RETINANET_PLUGIN``, and under ``DATASETS`` for datasets given
+by files and how images are read.
 
 The plugin reuses Detectron2's own RetinaNet keys (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``,
 ``MODEL.FPN.*``, ``MODEL.RESNETS.*``) with their Detectron2 meaning, so a Detectron2 RetinaNet YAML
@@ -51,5 +52,33 @@ def add_retinanet_plugin_config(cfg):
     # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (float16 with a gradient scaler on CUDA, bfloat16 on the CPU),
     # "float16" or "bfloat16". The losses are accumulated in float32 either way.
     node.AMP_DTYPE = "auto"
+    # Take MODEL.RETINANET.NUM_CLASSES from the training data: the number of thing_classes of DATASETS.TRAIN (all
+    # training datasets must have the same classes), set when the config is read (engine.config_from_file) and by
+    # the trainer. False: NUM_CLASSES as given, and a dataset with another class count is an error naming both.
+    node.NUM_CLASSES_FROM_DATA = False
+    # Ground-truth boxes with iscrowd 1 (COCO crowd regions, Pascal VOC "difficult" objects) in training:
+    #   "ignore": the anchors such a box would match (IoU above the background threshold, or its best anchor) are left
+    #             out of the classification loss (neither object nor background); other anchors are labelled as usual.
+    #   "drop":   removed, as Detectron2's DatasetMapper does, so the anchors on them are background.
+    node.CROWD_BOXES = "ignore"
+    # A box that an augmentation cuts (INPUT.CROP: random crops) and of which less than this fraction of its area is
+    # left inside the image is ignored like a crowd box (a sliver of an object is neither object nor background);
+    # boxes with more left are clipped and trained on, boxes with nothing left are dropped. 0: clip and keep all.
+    node.CROP_MIN_VISIBLE_FRACTION = 0.5
     cfg.MODEL.RETINANET_PLUGIN = node
+    _add_dataset_keys(cfg)
     return cfg
+
+
+def _add_dataset_keys(cfg) -> None:
+    """The plugin's keys under ``DATASETS``: datasets given by files and how their images are read."""
+    # Class names of the datasets given as voc:FOLDER (retinanet_plugin.data.file_datasets), in category-id order,
+    # e.g. ("tree", "bush"). Empty: the sorted object names of all voc: datasets of DATASETS.TRAIN and TEST.
+    cfg.DATASETS.VOC_CLASSES = ()
+    # EXIF orientation of images (retinanet_plugin.data.image_quirks): "auto" (turn the image as its EXIF tag says,
+    # unless the dataset's height/width are those of the stored pixels, i.e. the annotation tool showed them unturned),
+    # "apply" (always turn: Detectron2's behaviour) or "ignore" (use the stored pixels).
+    cfg.DATASETS.EXIF_ORIENTATION = "auto"
+    # PIL's Image.MAX_IMAGE_PIXELS (process-wide): images with more pixels are read with a warning, those with more
+    # than twice as many are refused as possible decompression bombs. PIL's default; 0: no limit.
+    cfg.DATASETS.MAX_IMAGE_PIXELS = 89478485

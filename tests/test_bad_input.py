@@ -306,8 +306,12 @@ def test_grayscale_palette_and_rgba_images_are_converted_with_a_log_line(tmp_pat
     assert f"{tmp_path / 'rgba.png'} (image id 2) is a RGBA image: converted to BGR" in log
     assert "its alpha channel is dropped, not composited" in log
     assert f"{tmp_path / 'palette.png'} (image id 3) is a P image" in log
-    with pytest.raises(UnreadableImageError, match=r"deep\.png \(image id 4\) has 'I(;16)?' pixels \(16-bit"):
-        mapper(_record(tmp_path / "deep.png", 4, [], size=(8, 10)))
+    # 16-bit grayscale is scaled to 8 bits (value >> 8), not rejected: tests/test_image_quirks.py
+    deep = mapper(_record(tmp_path / "deep.png", 4, [], size=(8, 10)))["image"]
+    assert deep[:, 0, 0].tolist() == [40000 >> 8] * 3
+    Image.fromarray(np.full((8, 10), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")  # mode F
+    with pytest.raises(UnreadableImageError, match=r"float\.tif \(image id 5\) has 'F' pixels \(floating point\)"):
+        mapper(_record(tmp_path / "float.tif", 5, [], size=(8, 10)))
 
 
 def test_num_classes_must_match_the_dataset(tmp_path, register):

@@ -39,6 +39,17 @@ def test_every_plugin_key_is_documented_beside_its_default():
         assert above.startswith("#") or re.match(r"node\.\w+\s*=", above), f"{key} has no comment beside it"
 
 
+def test_every_plugin_dataset_key_is_documented_beside_its_default():
+    """The keys the plugin adds under DATASETS (those a plain Detectron2 config lacks) follow the same rule."""
+    source = (Path(retinanet_plugin.__file__).parent / "config.py").read_text().splitlines()
+    added = set(retinanet_plugin.add_retinanet_plugin_config(get_cfg()).DATASETS) - set(get_cfg().DATASETS)
+    assert {"VOC_CLASSES", "EXIF_ORIENTATION", "MAX_IMAGE_PIXELS"} <= added
+    for key in added:
+        lines = [i for i, line in enumerate(source) if re.match(rf"\s*cfg\.DATASETS\.{key}\s*=", line)]
+        assert len(lines) == 1, f"DATASETS.{key} is not assigned exactly once in config.py"
+        assert source[lines[0] - 1].strip().startswith("#"), f"DATASETS.{key} has no comment beside it"
+
+
 def test_add_config_is_idempotent_and_keeps_values():
     cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
     cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT = "p5"

@@ -8,6 +8,11 @@
 ``{"model": state_dict, "__author__": ..., "meta": {...}}`` and is written atomically (temporary file, then
 rename); load it with ``MODEL.WEIGHTS``. With ``--num-classes`` different from the checkpoint's, the class
 output layer (``head.cls_score``) is left out, to fine-tune on another dataset.
+
+A ``.pkl`` is read with a restricted unpickler (``retinanet_plugin.checkpoint.safe_pickle``) that admits only numpy
+arrays, plain containers and numbers, and a ``.pth`` with ``torch.load(weights_only=True)``: a file that asks for
+anything else (``os.system``, ``eval``, ...) is refused, naming the file and the global, and nothing in it runs.
+Every error names the input file and exits with status 1.
 """
 import argparse
 import json
@@ -40,8 +45,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise SystemExit("--output must differ from --input")
-    checkpoint = load_detectron2_checkpoint(args.input)
-    state_dict, report = convert_detectron2_retinanet_state_dict(checkpoint["model"], num_classes=args.num_classes)
+    checkpoint = load_detectron2_checkpoint(args.input)  # its errors name the file
+    try:
+        state_dict, report = convert_detectron2_retinanet_state_dict(checkpoint["model"], num_classes=args.num_classes)
+    except ValueError as e:
+        raise ValueError(f"{args.input}: {e}") from e
     meta = {
         "source": os.path.abspath(args.input),
         "source_author": str(checkpoint.get("__author__", "")),

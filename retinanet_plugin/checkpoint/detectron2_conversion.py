@@ -9,6 +9,7 @@ from the shapes, and say what they dropped and why.
 import logging
 import os
 import pickle
+import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..utils import atomic_write
+from .safe_pickle import load_pickle_checkpoint, torch_refused_global
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,44 @@ def _strip_ddp_prefix(state_dict: Dict[str, Any]) -> Tuple[Dict[str, Any], Optio
     return state_dict, None
 
 
+class CheckpointEntryError(TypeError, ValueError):
+    """A checkpoint entry that is not a numeric tensor or numpy array (a ``TypeError``, and a ``ValueError`` like the
+    other problems of a checkpoint's content)."""
+
+
 def _to_tensor(key: str, value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor or numpy array")
+        try:
+            return torch.from_numpy(np.ascontiguousarray(value))
+        except (TypeError, ValueError, RuntimeError) as e:  # object, str, float128 or non-native byte order arrays
+            raise CheckpointEntryError(
+                f"checkpoint entry {key!r} is a numpy array of dtype {value.dtype.str} that torch cannot take ({e})"
+            ) from e
+    raise CheckpointEntryError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor or numpy array")
+
+
+def _check_required_shapes(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Every required weight is a 4-d convolution kernel and every required bias 1-d; the stage weights that
+    :func:`_describe` reads have an output dimension."""
+    for key in REQUIRED_KEYS:
+        expected = 4 if key.endswith(".weight") else 1
+        if state_dict[key].dim() != expected:
+            raise ValueError(
+                f"{key} has shape {tuple(state_dict[key].shape)}: a RetinaNet's {key.rsplit('.', 1)[-1]} there is "
+                f"{expected}-d"
+            )
+    for key, value in state_dict.items():
+        if key.startswith(("backbone.bottom_up.", "head.")) and value.dim() == 0:
+            raise ValueError(f"{key} is a scalar (shape ()), not a weight of a RetinaNet")
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor]) -> None:
+    bad = [k for k, v in state_dict.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ValueError(f"{len(bad)} weights hold NaN or infinite values ({shown}): the checkpoint is damaged")
 
 
 def _count_blocks(state_dict: Mapping[str, torch.Tensor], stage: str) -> int:
@@ -72,10 +106,10 @@ def _describe(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     """What the weights say about the model that produced them (the config it needs to load them)."""
     bbox_out = state_dict["head.bbox_pred.weight"].shape[0]
     cls_out = state_dict["head.cls_score.weight"].shape[0]
-    if bbox_out % 4 != 0:
+    if bbox_out % 4 != 0 or bbox_out == 0:
         raise ValueError(f"head.bbox_pred.weight has {bbox_out} output channels, not a multiple of 4 (A anchors * 4)")
     num_anchors = bbox_out // 4
-    if cls_out % num_anchors != 0:
+    if cls_out % num_anchors != 0 or cls_out == 0:
         raise ValueError(
             f"head.cls_score.weight has {cls_out} output channels, not a multiple of the {num_anchors} anchors "
             "per location that head.bbox_pred.weight implies"
@@ -127,7 +161,10 @@ def convert_detectron2_retinanet_state_dict(
 
     Raises:
         ValueError: the weights are not a Detectron2 RetinaNet's (the message names the missing keys and,
-            when it can, the architecture they look like), or their shapes are inconsistent.
+            when it can, the architecture they look like), their shapes are inconsistent, or some hold NaN or
+            infinite values.
+        CheckpointEntryError: an entry is not a tensor or a numpy array torch can take (a ``TypeError`` and a
+            ``ValueError``).
     """
     if isinstance(state_dict, Mapping) and isinstance(state_dict.get("model"), Mapping):
         state_dict = state_dict["model"]
@@ -136,6 +173,10 @@ def convert_detectron2_retinanet_state_dict(
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
 
+    not_names = [k for k in state_dict if not isinstance(k, str)]
+    if not_names:
+        raise ValueError(f"the checkpoint's weights are named by {type(not_names[0]).__name__}s such as "
+                         f"{not_names[0]!r}, not by strings")
     weights, stripped_prefix = _strip_ddp_prefix(dict(state_dict))
     missing = [k for k in REQUIRED_KEYS if k not in weights]
     if missing:
@@ -159,6 +200,8 @@ def convert_detectron2_retinanet_state_dict(
         converted += isinstance(value, np.ndarray)
         new_state_dict[key] = _to_tensor(key, value).detach().cpu()
 
+    _check_required_shapes(new_state_dict)
+    _check_finite(new_state_dict)
     report = _describe(new_state_dict)
     report.update(stripped_prefix=stripped_prefix, converted_from_numpy=converted)
     if num_classes is not None and num_classes != report["num_classes"]:
@@ -187,8 +230,7 @@ def load_detectron2_checkpoint(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = load_pickle_checkpoint(path)  # restricted: numpy arrays, plain containers and numbers only
         if not (isinstance(data, dict) and isinstance(data.get("model"), Mapping)):
             caffe2 = isinstance(data, dict) and "blobs" in data
             kind = "a Caffe2/Detectron1 file ('blobs')" if caffe2 else "not a Detectron2 model-zoo file"
@@ -197,15 +239,31 @@ def load_detectron2_checkpoint(path: str) -> Dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Weights only" not in str(e):
+            raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({_first_line(e)})") from e
         raise ValueError(
             f"{path}: torch.load(weights_only=True) cannot read it (it holds more than tensors and plain "
-            f"containers); if you trust the file, re-save its 'model' entry alone: {e}"
+            f"containers{_forbidden_global(e)}); if you trust the file, re-save its 'model' entry alone: {e}"
         ) from e
+    except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, TypeError,
+            IndexError, UnicodeDecodeError, MemoryError) as e:
+        raise ValueError(f"{path} cannot be read: it is truncated or corrupt ({_first_line(e)})") from e
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         return dict(data)
     if isinstance(data, Mapping) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return {"model": data}  # a bare state dict
     raise ValueError(f"{path}: expected a checkpoint dict with a 'model' entry or a bare state dict")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def _forbidden_global(error: BaseException) -> str:
+    """``"; it asks for the global 'posix.system'"`` from torch's weights-only refusal, or ""."""
+    name = torch_refused_global(error)
+    return f"; it asks for the global '{name}'" if name else ""
 
 
 def save_plugin_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str, **extra) -> None:

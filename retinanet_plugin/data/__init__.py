@@ -1,8 +1,16 @@
 """Datasets of the plugin. Importing this package registers ``retinanet_synthetic_shapes_{train,val}`` (lazily:
 the files are generated the first time Detectron2 asks for the data, under
-``$DETECTRON2_DATASETS/retinanet_synthetic_shapes``, default ``./datasets/retinanet_synthetic_shapes``)."""
+``$DETECTRON2_DATASETS/retinanet_synthetic_shapes``, default ``./datasets/retinanet_synthetic_shapes``).
+Datasets given by files in a config (``coco:JSON[:IMAGE_ROOT]``, ``voc:FOLDER[:SPLIT]``) are registered on first
+use (:mod:`.file_datasets`)."""
 
 from .dataset_checks import check_dataset_files
+from .file_datasets import (
+    apply_num_classes_from_data,
+    dataset_class_names,
+    register_datasets_of_config,
+    register_file_datasets,
+)
 from .synthetic_shapes import (
     SYNTHETIC_SHAPES_CLASSES,
     SYNTHETIC_SHAPES_NUM_CLASSES,
@@ -25,6 +33,10 @@ from .validation import (
 register_synthetic_shapes()
 
 __all__ = [
+    "apply_num_classes_from_data",
+    "dataset_class_names",
+    "register_datasets_of_config",
+    "register_file_datasets",
     "CheckedDatasetMapper",
     "DatasetValidationError",
     "UnreadableImageError",

@@ -23,6 +23,7 @@ _PATH_KEYS = (
     ("image_dir", False),
     ("gt_dir", False),
     ("dirname", False),
+    ("voc_folder", False),
 )
 
 
@@ -68,7 +69,8 @@ def _missing_paths_message(missing: List[Tuple[str, str, str, bool]]) -> str:
 def check_dataset_files(dataset_names: Union[str, Iterable[str]]) -> None:
     """Check that the files named in the metadata of each dataset exist.
 
-    Lazily generated synthetic datasets are generated here if needed. Datasets whose metadata names no path
+    Lazily generated synthetic datasets are generated here if needed, and datasets given by files
+    (``coco:JSON``, ``voc:FOLDER``) registered. Datasets whose metadata names no path
     (e.g. registered from in-memory dicts) are not checked.
 
     Args:
@@ -80,7 +82,10 @@ def check_dataset_files(dataset_names: Union[str, Iterable[str]]) -> None:
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    from .file_datasets import register_file_datasets
+
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    register_file_datasets(names)  # coco:JSON / voc:FOLDER names not registered yet
     registered = DatasetCatalog.list()
     missing: List[Tuple[str, str, str, bool]] = []
     for name in names:

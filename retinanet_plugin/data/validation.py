@@ -12,7 +12,18 @@ image file corrupt, truncated, not an image  read  ``UnreadableImageError`` nami
 image size differs from height/width         read  Detectron2's ``SizeMismatchError``, with the image id added
 grayscale, palette, RGBA, CMYK... image      read  converted to ``INPUT.FORMAT``, logged (file, mode); an alpha
                                                    channel is dropped, not composited
-16-bit or float image (PIL modes I, F)       read  ``UnreadableImageError``: a plain conversion would clip at 255
+16-bit grayscale image (PIL modes I;16, I)   read  scaled to 8 bits (value >> 8, as PIL does for 16-bit colour),
+                                                   logged (``image_quirks``)
+float image (PIL mode F)                     read  ``UnreadableImageError``: its range is not known
+EXIF orientation                             read  applied, unless the dataset's height/width are those of the
+                                                   stored pixels (the tool showed them unturned), logged;
+                                                   ``DATASETS.EXIF_ORIENTATION`` (``image_quirks``)
+image over PIL's size limit                  read  ``UnreadableImageError`` naming the size and
+                                                   ``DATASETS.MAX_IMAGE_PIXELS``
+crowd box (``iscrowd: 1``, VOC "difficult")  read  ignored in training (not background), or dropped as in
+                                                   Detectron2: ``MODEL.RETINANET_PLUGIN.CROWD_BOXES``
+box mostly cut off by an augmentation        read  ignored when less than ``CROP_MIN_VISIBLE_FRACTION`` of it is
+                                                   left (``training_instances``)
 no ``file_name``                             load  error naming the dataset and the image's index
 train image without an ``annotations`` key   load  error: give an empty list for an image without objects
 empty annotation list                        load  valid: an image without objects (all anchors are background);
@@ -20,8 +31,17 @@ empty annotation list                        load  valid: an image without objec
                                                    (Detectron2 logs how many)
 category id not in a COCO json's categories  load  error naming the annotation ids, image ids and json file
                                                    (Detectron2's ``load_coco_json`` names only the category id)
+COCO json file that Detectron2 cannot load   load  error naming the dataset, the json file and what is wrong:
+                                                   where the JSON breaks (not UTF-8, malformed, not an object),
+                                                   or the entries (index, id) with a missing or mistyped field, a
+                                                   repeated id, ``ignore``, an unreadable segmentation; no
+                                                   traceback from pycocotools or ``load_coco_json``
+COCO json file without images                load  error naming the dataset and the json file
+no train image has any object                load  error naming the datasets and json files: nothing to train on
+                                                   (a COCO file without "annotations" gives this)
 category id outside [0, #thing_classes)      load  error naming the annotation and the image
-bbox missing, not 4 numbers, NaN or inf      load  error naming the annotation and the image
+bbox missing, not 4 numbers, NaN or inf      load  error naming the annotation and the image (strings such
+                                                   as "12" and booleans are not numbers)
 no ``bbox_mode``                             load  error naming the annotation and the image
 relative or rotated ``bbox_mode``            load  error naming the annotation and the image
 box partly outside the image                 load  clipped to the image; WARNING with the count and the image ids
@@ -50,12 +70,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+from .image_quirks import SIXTEEN_BIT_MODES, orient_as_annotated, sixteen_bit_to_8bit, size_limit_message
+from .training_instances import training_instances
 
 __all__ = [
     "CheckedDatasetMapper",
@@ -73,7 +97,7 @@ logger = logging.getLogger(__name__)
 
 MAX_LISTED = 10  # problems of one kind named in an error or log line; the rest are counted
 _SUPPORTED_BOX_MODES = (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
-_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_FLOAT_MODES = ("F",)
 
 
 class DatasetValidationError(ValueError):
@@ -165,6 +189,15 @@ def coco_annotation_id_lookup(json_file: str) -> AnnotationIdLookup:
     return lookup
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (numpy's too), not a bool, a string or a complex number."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _check_annotation(annotation: Any, num_classes: int, image_size: Optional[Tuple[float, float]]):
     """Returns ``(problem, None)`` for an error, or ``(None, action)`` with action one of None (keep as is),
     ("clip", new_bbox), "outside" or "degenerate" (drop)."""
@@ -183,9 +216,12 @@ def _check_annotation(annotation: Any, num_classes: int, image_size: Optional[Tu
     if bbox is None:
         return "has no bbox", None
     try:
-        values = [float(v) for v in bbox]
-    except (TypeError, ValueError):
+        items = list(bbox)
+    except TypeError:
         return f"has bbox {bbox!r}, not 4 numbers", None
+    if isinstance(bbox, (str, bytes)) or not all(_is_number(v) for v in items):  # "1" is text, True is no number
+        return f"has bbox {bbox!r}, not 4 numbers", None
+    values = [float(v) for v in items]
     if len(values) != 4:
         return f"has bbox {bbox!r}, not 4 numbers", None
     if not all(math.isfinite(v) for v in values):
@@ -336,9 +372,10 @@ def _unknown_category_message(dataset_name: str, json_file: str) -> Optional[str
     bad = [a for a in coco.get("annotations", []) if a.get("category_id") not in set(category_ids)]
     if not bad:
         return None
+    known = f"ids {_listed(category_ids)}" if category_ids else "the file has none"
     lines = [
         f"Dataset '{dataset_name}' ({json_file}): {len(bad)} annotations have a category_id that is not among the "
-        f"file's categories (ids {_listed(category_ids)}):"
+        f"file's categories ({known}):"
     ]
     for a in bad[:MAX_LISTED]:
         lines.append(
@@ -351,22 +388,162 @@ def _unknown_category_message(dataset_name: str, json_file: str) -> Optional[str
     return "\n".join(lines)
 
 
+def _coco_section_problems(coco: Dict[str, Any]) -> Dict[str, List[str]]:
+    """What in a parsed COCO instances dict makes ``pycocotools.COCO`` or Detectron2's ``load_coco_json`` fail, by
+    kind (entries named by their index and id)."""
+    problems: Dict[str, List[str]] = defaultdict(list)
+    sections = {}
+    for key in ("images", "annotations", "categories"):
+        value = coco.get(key, [])
+        if not isinstance(value, list):
+            problems["sections that are not lists"].append(f"'{key}' is a {type(value).__name__}")
+            value = []
+        sections[key] = value
+    image_ids, category_ids, annotation_ids = set(), set(), set()
+    for i, image in enumerate(sections["images"]):
+        if not isinstance(image, dict):
+            problems["images that are not objects"].append(f"images[{i}] is a {type(image).__name__}")
+            continue
+        image_id = image.get("id")
+        if not _is_id(image_id):
+            problems["images without an integer id"].append(f"images[{i}] has id {image_id!r}")
+        else:
+            image_ids.add(image_id)
+        if not isinstance(image.get("file_name"), str):
+            problems["images without a file_name string"].append(
+                f"images[{i}] (id {image_id!r}) has file_name {image.get('file_name', '(none)')!r}"
+            )
+        missing = [k for k in ("height", "width") if k not in image]
+        if missing:
+            problems["images without height or width"].append(f"images[{i}] (id {image_id!r}) has no {missing}")
+    for i, category in enumerate(sections["categories"]):
+        if not isinstance(category, dict):
+            problems["categories that are not objects"].append(f"categories[{i}] is a {type(category).__name__}")
+            continue
+        if not _is_id(category.get("id")):
+            problems["categories without an integer id"].append(f"categories[{i}] has id {category.get('id')!r}")
+        elif category["id"] in category_ids:
+            problems["categories with the same id"].append(f"categories[{i}] repeats id {category['id']}")
+        else:
+            category_ids.add(category["id"])
+        if "name" not in category:
+            problems["categories without a name"].append(f"categories[{i}] (id {category.get('id')!r})")
+    if not sections["categories"] and "categories" not in problems:
+        problems["files without categories"].append("'categories' is missing or empty")
+    for i, annotation in enumerate(sections["annotations"]):
+        if not isinstance(annotation, dict):
+            problems["annotations that are not objects"].append(f"annotations[{i}] is a {type(annotation).__name__}")
+            continue
+        annotation_id = annotation.get("id")
+        where = f"annotations[{i}] (id {annotation_id!r})"
+        if not _is_id(annotation_id):
+            problems["annotations without an integer id"].append(f"annotations[{i}] has id {annotation_id!r}")
+        elif annotation_id in annotation_ids:
+            problems["annotations with the same id"].append(f"annotations[{i}] repeats id {annotation_id}")
+        else:
+            annotation_ids.add(annotation_id)
+        if not _is_id(annotation.get("image_id")):
+            problems["annotations without an integer image_id"].append(
+                f"{where} has image_id {annotation.get('image_id', '(none)')!r}"
+            )
+        if not _is_id(annotation.get("category_id")):
+            problems["annotations without an integer category_id"].append(
+                f"{where} has category_id {annotation.get('category_id', '(none)')!r}"
+            )
+        if annotation.get("ignore", 0) != 0:
+            problems["annotations with 'ignore' (not supported by Detectron2)"].append(where)
+        bbox = annotation.get("bbox", None)
+        if "bbox" in annotation and not (isinstance(bbox, list) and bbox):
+            problems["annotations whose bbox is not a list of 4 numbers"].append(f"{where} has bbox {bbox!r}")
+        why = _segmentation_problem(annotation.get("segmentation", None))
+        if why:
+            problems["annotations with an unreadable segmentation"].append(f"{where}: {why}")
+        keypoints = annotation.get("keypoints", None)
+        if keypoints and not (isinstance(keypoints, list) and all(_is_number(v) for v in keypoints)):
+            problems["annotations whose keypoints are not a list of numbers"].append(f"{where}")
+    return problems
+
+
+def _segmentation_problem(segmentation: Any) -> Optional[str]:
+    """Why Detectron2's ``load_coco_json`` cannot read a COCO segmentation (None if it can, or if there is none)."""
+    if not segmentation:
+        return None
+    if isinstance(segmentation, dict):
+        counts, size = segmentation.get("counts", None), segmentation.get("size", None)
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_id(v) and v > 0 for v in size)):
+            return f"RLE size {size!r} is not [height, width]"
+        if isinstance(counts, list):
+            if not all(_is_id(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+                return f"uncompressed RLE counts do not add up to {size[0]} x {size[1]}"
+            return None
+        if not isinstance(counts, str):
+            return f"RLE counts is a {type(counts).__name__}"
+        return None
+    if not isinstance(segmentation, list):
+        return f"is a {type(segmentation).__name__}, not polygons or RLE"
+    if not all(isinstance(poly, list) and all(_is_number(v) for v in poly) for poly in segmentation):
+        return "polygons are not lists of numbers"
+    return None
+
+
+def _coco_json_problem(json_file: str) -> Optional[str]:
+    """What is wrong with a COCO json file that Detectron2 could not load, in a few lines (None if nothing is
+    found)."""
+    try:
+        with PathManager.open(json_file, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return f"cannot be read ({type(e).__name__}: {e})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    if not text.strip():
+        return "is empty"
+    try:
+        coco = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"is not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}): it is truncated or corrupt"
+    except RecursionError:
+        return "nests lists or objects deeper than Python's json parser can read"
+    if not isinstance(coco, dict):
+        return f"holds a JSON {type(coco).__name__}, not an object with 'images', 'annotations' and 'categories'"
+    problems = _coco_section_problems(coco)
+    if not problems:
+        return None
+    lines = []
+    for kind, items in problems.items():
+        lines.append(f"  {len(items)} {kind}: " + "; ".join(items[:MAX_LISTED])
+                     + (f"; ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""))
+    return "is not a COCO instances file Detectron2 can load:\n" + "\n".join(lines)
+
+
 def _get_dataset_dicts(dataset_name: str):
-    """DatasetCatalog.get, with the KeyError of an unknown COCO category id turned into a message naming the
-    annotations."""
+    """DatasetCatalog.get; for a dataset registered from a COCO json file, any failure to load it becomes a
+    ``DatasetValidationError`` naming the dataset, the file and what is wrong in it (an unknown category id: the
+    annotations; malformed JSON: where; a missing or mistyped field: the entries), instead of a traceback from inside
+    pycocotools or Detectron2's ``load_coco_json``."""
     try:
         return DatasetCatalog.get(dataset_name)
-    except KeyError as e:
+    except Exception as e:  # noqa: BLE001 - whatever the loader raised, the message below names the file
         json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+        if not json_file or dataset_name not in DatasetCatalog.list():
+            raise
         message = None
-        if json_file and dataset_name in DatasetCatalog.list():
+        if isinstance(e, KeyError):
             try:
                 message = _unknown_category_message(dataset_name, json_file)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 message = None
-        if message:
-            raise DatasetValidationError(message) from e
-        raise
+        if message is None:
+            problem = _coco_json_problem(json_file)
+            detail = str(e).splitlines()[0][:300] if str(e) else ""
+            cause = f"{type(e).__name__}{': ' + detail if detail else ''}"
+            if problem:
+                message = f"Dataset '{dataset_name}': the COCO json file {json_file} {problem}\n(Detectron2: {cause})"
+            else:
+                message = f"Dataset '{dataset_name}': Detectron2 cannot load the COCO json file {json_file} ({cause})"
+        raise DatasetValidationError(message) from e
 
 
 def check_num_classes(cfg, dataset_name: str) -> int:
@@ -406,15 +583,22 @@ def load_checked_dataset_dicts(
         if isinstance(dicts, torch.utils.data.Dataset):
             raise ValueError(f"dataset '{name}' is a torch Dataset; the plugin's loaders need a list of dataset dicts")
         num_classes = check_num_classes(cfg, name)
-        if not dicts:
-            raise DatasetValidationError(f"Dataset '{name}' is empty")
         json_file = MetadataCatalog.get(name).get("json_file", None)
+        if not dicts:
+            raise DatasetValidationError(f"Dataset '{name}' is empty" + (f" ({json_file} has no images)" if json_file else ""))
         lookup = coco_annotation_id_lookup(json_file) if json_file else None
         dicts, report = validate_dataset_dicts(
             dicts, name, num_classes=num_classes, is_train=is_train, annotation_id_lookup=lookup
         )
         report.log()
         all_dicts.extend(dicts)
+    if is_train and not any(d.get("annotations") for d in all_dicts):
+        files = [MetadataCatalog.get(n).get("json_file", None) for n in names]
+        shown = f" (from {', '.join(map(str, filter(None, files)))})" if any(files) else ""
+        raise DatasetValidationError(
+            f"no image of {names}{shown} has an object: there is nothing to train on (a COCO file without "
+            "'annotations', such as an image-info file, gives this)"
+        )
     if is_train and cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         all_dicts = filter_images_with_only_crowd_annotations(all_dicts)
         if not all_dicts:
@@ -456,18 +640,29 @@ def _log_conversion(where: str, mode: str, image_format: str) -> None:
     logger.warning(message)
 
 
-def read_image_checked(file_name: str, image_format: Optional[str] = "BGR", image_id: Any = None) -> np.ndarray:
+def read_image_checked(
+    file_name: str,
+    image_format: Optional[str] = "BGR",
+    image_id: Any = None,
+    *,
+    expected_size: Optional[Tuple[int, int]] = None,
+    exif_orientation: str = "auto",
+) -> np.ndarray:
     """Read an image like Detectron2's ``read_image`` (EXIF orientation applied), with clear errors.
 
     Args:
         file_name: path (or PathManager URI) of the image.
         image_format: ``INPUT.FORMAT`` ("BGR", "RGB", "L", ...).
         image_id: named in errors and log lines.
+        expected_size: (height, width) the annotations give; with ``exif_orientation`` "auto" it tells whether the
+            annotation tool showed the image turned by its EXIF orientation (``image_quirks.orient_as_annotated``).
+        exif_orientation: "auto", "apply" (Detectron2's behaviour) or "ignore".
     Returns:
-        (H, W, C) uint8 array in ``image_format``.
+        (H, W, C) uint8 array in ``image_format``; 16-bit grayscale is scaled to 8 bits.
     Raises:
         FileNotFoundError: the file does not exist (naming it and the image id).
-        UnreadableImageError: it cannot be decoded (corrupt, truncated, not an image) or is 16-bit/float.
+        UnreadableImageError: it cannot be decoded (corrupt, truncated, not an image, over PIL's size limit) or is
+            a float image.
     """
     where = f"image file {file_name}" + (f" (image id {image_id})" if image_id is not None else "")
     try:
@@ -476,17 +671,24 @@ def read_image_checked(file_name: str, image_format: Optional[str] = "BGR", imag
             image.load()  # decode now: a truncated file fails here rather than later
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{where} does not exist") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise UnreadableImageError(size_limit_message(where, e)) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(
             f"{where} cannot be decoded ({type(e).__name__}: {e}); replace the file or remove the image from the "
             "dataset"
         ) from e
-    image = utils._apply_exif_orientation(image)
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
+    image = orient_as_annotated(image, expected_size, exif_orientation, where)
+    if image.mode in _FLOAT_MODES:
         raise UnreadableImageError(
-            f"{where} has {image.mode!r} pixels (16-bit or float); the model takes 8-bit images and a plain conversion "
-            "would clip every value above 255: convert the file to 8 bits per channel"
+            f"{where} has {image.mode!r} pixels (floating point) of unknown range; the model takes 8-bit images: "
+            "convert the file to 8 bits per channel"
         )
+    if image.mode in SIXTEEN_BIT_MODES:
+        try:
+            image = sixteen_bit_to_8bit(image, where)
+        except ValueError as e:
+            raise UnreadableImageError(str(e)) from e
     target_mode = _pil_mode_for(image_format)
     if target_mode is not None and image.mode != target_mode:
         _log_conversion(where, image.mode, image_format)
@@ -496,12 +698,46 @@ def read_image_checked(file_name: str, image_format: Optional[str] = "BGR", imag
 class CheckedDatasetMapper(DatasetMapper):
     """Detectron2's ``DatasetMapper`` for detection (image and boxes), reading images with
     :func:`read_image_checked`: errors name the file and image id; grayscale/RGBA/... images are converted to
-    ``INPUT.FORMAT`` with a log line. Semantic segmentation and precomputed proposals are not supported."""
+    ``INPUT.FORMAT`` with a log line; EXIF orientation follows what the annotations saw. Crowd boxes and boxes
+    mostly cut off by an augmentation are kept as ignored boxes (:func:`training_instances`). Semantic segmentation
+    and precomputed proposals are not supported.
+
+    Extra arguments (from the config: ``MODEL.RETINANET_PLUGIN.CROWD_BOXES``, ``CROP_MIN_VISIBLE_FRACTION``,
+    ``DATASETS.EXIF_ORIENTATION``): ``crowd_boxes`` "ignore" or "drop", ``min_visible_fraction``,
+    ``exif_orientation`` "auto", "apply" or "ignore".
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, crowd_boxes: str = "ignore", min_visible_fraction: float = 0.0,
+                 exif_orientation: str = "auto", **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.crowd_boxes = crowd_boxes
+        self.min_visible_fraction = min_visible_fraction
+        self.exif_orientation = exif_orientation
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        plugin = cfg.MODEL.get("RETINANET_PLUGIN", None)
+        if plugin is not None:
+            ret["crowd_boxes"] = plugin.get("CROWD_BOXES", "ignore")
+            ret["min_visible_fraction"] = plugin.get("CROP_MIN_VISIBLE_FRACTION", 0.0)
+        ret["exif_orientation"] = cfg.DATASETS.get("EXIF_ORIENTATION", "auto")
+        return ret
+
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        dataset_dict["instances"] = training_instances(
+            dataset_dict.pop("annotations"), transforms, image_shape, crowd_boxes=self.crowd_boxes,
+            min_visible_fraction=self.min_visible_fraction,
+        )
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
         image_id = dataset_dict.get("image_id", None)
-        image = read_image_checked(dataset_dict["file_name"], self.image_format, image_id)
+        has_size = "height" in dataset_dict and "width" in dataset_dict
+        expected = (dataset_dict["height"], dataset_dict["width"]) if has_size else None
+        image = read_image_checked(dataset_dict["file_name"], self.image_format, image_id, expected_size=expected,
+                                   exif_orientation=self.exif_orientation)
         try:
             utils.check_image_size(dataset_dict, image)
         except utils.SizeMismatchError as e:

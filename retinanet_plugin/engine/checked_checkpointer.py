@@ -6,6 +6,13 @@ Checkpoint problem                                  What happens
 =================================================== ==================================================================
 MODEL.WEIGHTS truncated, corrupt, not a checkpoint  ``CheckpointReadError`` naming the file (no pickle or zip
                                                     traceback)
+a ``.pkl`` that asks for any global other than      ``CheckpointReadError`` naming the file and the global
+numpy arrays/dtypes, plain containers, numbers,     ("posix.system"); nothing in the file is run (restricted
+str, bytes (``os.system``, ``eval``...)             unpickler, ``retinanet_plugin.checkpoint.safe_pickle``)
+a ``.pth`` holding more than tensors and plain      ``CheckpointReadError`` naming the file and the global
+containers                                          ``torch.load(weights_only=True)`` refused
+weights that are not numeric tensors or arrays, or  ``CheckpointReadError`` naming the file and the entry (also
+hold NaN or infinite values                         when resuming: such a checkpoint counts as unreadable)
 MODEL.WEIGHTS file missing                          ``FileNotFoundError`` naming the file
 MODEL.WEIGHTS with another number of classes        ``head.cls_score`` keeps its fresh initialisation, with a
                                                     WARNING giving both class counts; every other weight is loaded
@@ -30,8 +37,11 @@ import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
+import numpy as np
+import torch
 from detectron2.utils import comm
 
+from ..checkpoint.safe_pickle import UnreadablePickleError, load_pickle_checkpoint, torch_refused_global
 from .checkpointer import AtomicDetectionCheckpointer
 
 __all__ = ["CheckedDetectionCheckpointer", "CheckpointMismatchError", "CheckpointReadError"]
@@ -54,9 +64,36 @@ class CheckpointMismatchError(ValueError):
 def _class_count(state_dict: Dict[str, Any]) -> Optional[int]:
     """Classes of a RetinaNet head's weights: cls_score outputs / anchors per location (bbox_pred outputs / 4)."""
     cls, box = state_dict.get(CLS_SCORE_WEIGHT), state_dict.get(BBOX_PRED_WEIGHT)
-    if cls is None or box is None or box.shape[0] % 4 or cls.shape[0] % (box.shape[0] // 4 or 1):
+    if cls is None or box is None or cls.ndim == 0 or box.ndim == 0:
+        return None
+    if box.shape[0] % 4 or cls.shape[0] % (box.shape[0] // 4 or 1):
         return None
     return cls.shape[0] // (box.shape[0] // 4)
+
+
+def _weights_problem(weights: Dict[Any, Any]) -> Optional[str]:
+    """Why the ``"model"`` entry of a checkpoint cannot be loaded into a model (None if it can): every name a
+    string, every value a tensor or a numpy array torch can take, no NaN or infinite value."""
+    non_finite = []
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            return f"names a weight by the {type(key).__name__} {key!r}, not by a string"
+        if isinstance(value, np.ndarray):
+            try:
+                torch.from_numpy(np.empty(0, dtype=value.dtype))
+            except (TypeError, ValueError, RuntimeError):
+                return f"holds {key!r} as a numpy array of dtype {value.dtype.str}, which torch cannot take"
+            finite = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+        elif isinstance(value, torch.Tensor):
+            finite = not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
+        else:
+            return f"holds {key!r} as a {type(value).__name__}, not a tensor or numpy array"
+        if not finite:
+            non_finite.append(key)
+    if non_finite:
+        shown = ", ".join(non_finite[:5]) + (f", ... ({len(non_finite) - 5} more)" if len(non_finite) > 5 else "")
+        return f"holds NaN or infinite values in {len(non_finite)} weights ({shown}): it is damaged"
+    return None
 
 
 class CheckedDetectionCheckpointer(AtomicDetectionCheckpointer):
@@ -77,15 +114,20 @@ class CheckedDetectionCheckpointer(AtomicDetectionCheckpointer):
         if outside_load:
             self._parsed_url_during_load = urlparse(filename)
         try:
-            data = super()._load_file(filename)
+            data = self._read_pkl(filename) if filename.endswith(".pkl") else super()._load_file(filename)
+        except CheckpointReadError:
+            raise
         except pickle.UnpicklingError as e:
-            if "weights_only" in str(e):
+            if "weights_only" in str(e) or "Weights only" in str(e):
+                refused = torch_refused_global(e)
                 raise CheckpointReadError(
-                    f"checkpoint file {filename} holds objects that torch.load(weights_only=True) refuses to load; "
-                    f"if you trust the file, re-save its 'model' entry alone. ({str(e).splitlines()[0]})"
+                    f"checkpoint file {filename} holds objects that torch.load(weights_only=True) refuses to load"
+                    + (f" (it asks for the global '{refused}'; nothing in the file was run)" if refused else "")
+                    + f"; if you trust the file, re-save its 'model' entry alone. ({str(e).splitlines()[0]})"
                 ) from e
             raise CheckpointReadError(f"checkpoint file {filename} is corrupt or not a checkpoint ({e})") from e
-        except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as e:
+        except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, TypeError,
+                IndexError, MemoryError) as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointReadError(
                 f"checkpoint file {filename} cannot be read: it is truncated or corrupt ({type(e).__name__}: "
@@ -96,7 +138,31 @@ class CheckedDetectionCheckpointer(AtomicDetectionCheckpointer):
                 self._parsed_url_during_load = None
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             raise CheckpointReadError(f"checkpoint file {filename} holds no model weights (no 'model' dict)")
+        problem = _weights_problem(data["model"])
+        if problem:
+            raise CheckpointReadError(f"checkpoint file {filename} {problem}")
         return data
+
+    def _read_pkl(self, filename: str) -> Dict[str, Any]:
+        """A ``.pkl`` as Detectron2's ``DetectionCheckpointer`` interprets it (a model-zoo file, or a Caffe2/Detectron1
+        one loaded by name-matching heuristics), but unpickled with the restricted unpickler: a file that asks for
+        anything but numpy arrays, plain containers and numbers is refused, naming the file and the global."""
+        try:
+            data = load_pickle_checkpoint(filename)
+        except UnreadablePickleError as e:  # ForbiddenPickleGlobalError included: its message names the global
+            raise CheckpointReadError(str(e)) from e
+        if not isinstance(data, dict):
+            raise CheckpointReadError(f"checkpoint file {filename} holds a {type(data).__name__}, not a dict of weights")
+        if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if isinstance(data.get("model"), dict):  # the same without "__author__", which Detectron2 would fail to load
+            return data
+        blobs = data.get("blobs", data)  # Caffe2/Detectron1: detection models keep their weights under "blobs"
+        if not isinstance(blobs, dict):
+            raise CheckpointReadError(f"checkpoint file {filename} has 'blobs' of type {type(blobs).__name__}, not a dict")
+        weights = {k: v for k, v in blobs.items() if not (isinstance(k, str) and k.endswith("_momentum"))}
+        return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if self._read_ahead is not None and self._read_ahead[0] == filename:

@@ -1,6 +1,5 @@
 """Detectron2's DefaultTrainer, ready for GPUs and for CPU-only machines."""
 import logging
-import os
 import weakref
 
 import torch
@@ -9,12 +8,14 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.file_datasets import apply_num_classes_from_data, register_datasets_of_config
+from ..data.image_quirks import apply_image_size_limit
 from ..data.validation import CheckedDatasetMapper, load_checked_dataset_dicts
+from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
 from .checked_checkpointer import CheckedDetectionCheckpointer
 from .hooks import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
@@ -31,8 +32,10 @@ def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
 
 class RetinaNetPluginTrainer(DefaultTrainer):
     """``DefaultTrainer`` with these changes: DDP also works on CPU processes (``--num-gpus N`` without GPUs
-    runs N CPU workers over GLOO), checkpoints are written atomically, and evaluation uses
-    ``COCOEvaluator(use_fast_impl=False)``, which needs no compiled Detectron2 extension. For reliability
+    runs N CPU workers over GLOO), checkpoints are written atomically, and evaluation uses Detectron2's
+    ``COCOEvaluator`` on faster-coco-eval when it is installed, else on pycocotools (``PluginCOCOEvaluator``; no
+    compiled Detectron2 extension needed). Datasets given by files (``coco:JSON``, ``voc:FOLDER``) are registered,
+    and ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` applied, when the trainer is built. For reliability
     (``retinanet_plugin.data.validation``, ``.hooks``, ``.checked_checkpointer``): the data loaders check and
     repair the dataset dicts and read images with clear errors; a non-finite loss term stops training naming it;
     no checkpoint of non-finite weights is written; unreadable checkpoints are named, and ``--resume`` falls back
@@ -42,6 +45,7 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        cfg = prepare_config(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -64,11 +68,15 @@ class RetinaNetPluginTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        register_datasets_of_config(cfg)
+        apply_image_size_limit(cfg)
         dataset = load_checked_dataset_dicts(cfg, cfg.DATASETS.TRAIN, is_train=True)
         return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        register_datasets_of_config(cfg)
+        apply_image_size_limit(cfg)
         dataset = load_checked_dataset_dicts(cfg, dataset_name, is_train=False)
         mapper = CheckedDatasetMapper(cfg, is_train=False)
         return build_detection_test_loader(dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
@@ -93,8 +101,25 @@ class RetinaNetPluginTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+        """Detectron2's COCOEvaluator on faster-coco-eval (else pycocotools, with one log line)."""
+        register_datasets_of_config(cfg)
+        output_folder = output_folder or default_evaluation_folder(cfg.OUTPUT_DIR, dataset_name)
+        return PluginCOCOEvaluator(dataset_name, output_dir=output_folder)
 
 
-__all__ = ["RetinaNetPluginTrainer", "wrap_for_distributed"]
+def prepare_config(cfg):
+    """``cfg``, or a copy with ``MODEL.RETINANET.NUM_CLASSES`` taken from the data when
+    ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` asks for it; the file-given datasets are registered."""
+    register_datasets_of_config(cfg)
+    if not cfg.MODEL.RETINANET_PLUGIN.get("NUM_CLASSES_FROM_DATA", False):
+        return cfg
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    apply_num_classes_from_data(cfg)
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
+__all__ = ["RetinaNetPluginTrainer", "prepare_config", "wrap_for_distributed"]

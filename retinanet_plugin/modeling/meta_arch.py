@@ -194,6 +194,13 @@ class RetinaNetPlugin(DenseDetector):
 
         Args:
             anchors: [R, 4] all levels' anchors, XYXY pixels.
+        Ground-truth boxes marked ``gt_ignore`` (crowd regions, VOC "difficult" objects, objects mostly cut off by a
+        crop: ``retinanet_plugin.data.training_instances``) are matched on their own with the same rule: the
+        anchors that one would make foreground or ignored, and that no other box makes foreground, are ignored (-1)
+        rather than background. The other boxes are matched as if those were not there.
+
+        Args:
+            anchors: [R, 4] all levels' anchors, XYXY pixels.
         Returns:
             labels: [N, R] int64: 0..K-1 foreground class, K background, -1 ignored.
             boxes: [N, R, 4] the matched ground-truth box (XYXY pixels) on foreground anchors, the anchor itself
@@ -205,12 +212,20 @@ class RetinaNetPlugin(DenseDetector):
                 labels.append(torch.full((len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device))
                 boxes.append(anchors)
                 continue
+            gt_boxes = instances.gt_boxes.tensor
+            ignore = instances.gt_ignore if instances.has("gt_ignore") else None
+            object_boxes = gt_boxes if ignore is None else _boxes_where(~ignore, gt_boxes)
             matched_idxs, match_labels = match_anchors(
-                instances.gt_boxes.tensor, anchors, self.anchor_matcher, self.matching_chunk_elements
+                object_boxes, anchors, self.anchor_matcher, self.matching_chunk_elements
             )
             labels_i = instances.gt_classes[matched_idxs].to(torch.int64)
             labels_i = torch.where(match_labels == 0, self.num_classes, labels_i)
             labels_i = torch.where(match_labels == -1, -1, labels_i)
+            if ignore is not None:
+                _, near_ignored = match_anchors(
+                    _boxes_where(ignore, gt_boxes), anchors, self.anchor_matcher, self.matching_chunk_elements
+                )
+                labels_i = torch.where((labels_i == self.num_classes) & (near_ignored != 0), -1, labels_i)
             labels.append(labels_i)
             foreground = (match_labels == 1).unsqueeze(1)
             boxes.append(torch.where(foreground, instances.gt_boxes.tensor[matched_idxs], anchors))
@@ -303,6 +318,14 @@ class RetinaNetPlugin(DenseDetector):
             "nms_thresh": self.test_nms_thresh,
             "max_detections_per_image": self.max_detections_per_image,
         }
+
+
+def _boxes_where(keep: Tensor, boxes: Tensor) -> Tensor:
+    """``boxes`` [G, 4] with the rows where ``keep`` is False replaced by an empty box far outside any image: it
+    overlaps no anchor, so it matches nothing and promotes nothing (``match_anchors``), and no host sync is needed
+    to leave it out."""
+    far = torch.full_like(boxes, -1e8)
+    return torch.where(keep.unsqueeze(1), boxes, far)
 
 
 def _tile_over_images(anchors: Tensor, num_images: int) -> Tensor:
