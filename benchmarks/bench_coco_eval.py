@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -26,29 +25,11 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from coco_eval_data import generated_detection_problem  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
 
 from retinanet_plugin.evaluation.coco_backend import resolve_coco_backend, run_coco_eval  # noqa: E402
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
-
-
-def cpu_name() -> str:
-    """The "Model name" line of ``lscpu`` (``/proc/cpuinfo`` when lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_one(gt, results, backend):

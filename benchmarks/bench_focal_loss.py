@@ -40,6 +40,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from machine_info import cpu_name  # beside this file
+
 NUM_CLASSES = 80
 ANCHORS = {"800x800": 120_000, "800x1333": 200_000}
 QUICK_ANCHORS = {"800x800/10": 12_000, "800x1333/10": 20_000}
@@ -232,7 +234,7 @@ def run(args):
 
     info = {
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_kernel": _C.cpu_kernel_capability(),
@@ -341,17 +343,6 @@ def print_table(report):
             line += (f" | {op['achieved_bandwidth_bytes_per_s'] / 1e9:8.0f} "
                      f"{fraction if fraction is not None else float('nan'):7.2f} {op['bandwidth_fraction_of_copy']:7.2f}")
         print(line)
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def main():

@@ -62,6 +62,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402  (beside this file)
+from machine_info import cpu_name  # noqa: E402  (beside this file)
 
 DEFAULTS = {
     "cpu": {"sizes": "384x640", "batch": "2", "reps": 3, "warmup": 2, "amp": False, "rounds": 2},
@@ -449,7 +450,7 @@ def machine_info(device: str) -> Dict[str, object]:
     info = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
@@ -495,15 +496,6 @@ def _source_version() -> Dict[str, object]:
         return {}
     changed = [line[3:] for line in status.stdout.splitlines()]
     return {"git_commit": commit.stdout.strip(), "git_changed_files": changed}
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _meminfo_bytes(field: str) -> Optional[int]:

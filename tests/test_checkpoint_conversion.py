@@ -6,7 +6,6 @@ Each is loaded (a) directly through ``DetectionCheckpointer(plugin_model).load``
 ``tools/convert_detectron2_retinanet.py``; every weight must equal the source's and the plugin model must
 then give the source model's detections.
 """
-import importlib.util
 import logging
 import os
 import pickle
@@ -24,6 +23,7 @@ from detectron2.modeling import build_model
 import retinanet_plugin
 from retinanet_plugin.checkpoint import convert_detectron2_retinanet_state_dict, load_detectron2_checkpoint
 from sane_random_weights import make_weights_sane  # a helper beside the tests
+from script_module import load_script  # a helper beside the tests
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_detectron2_retinanet.py"
@@ -31,14 +31,7 @@ NUM_CLASSES = 80
 CLS_SCORE_KEYS = ["head.cls_score.weight", "head.cls_score.bias"]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_detectron2_retinanet", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_tool = _load_tool()
+convert_tool = load_script("tools/convert_detectron2_retinanet.py")
 
 
 def small_depth(cfg):

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import logging
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from retinanet_plugin.data import file_datasets
 from retinanet_plugin.data.file_datasets import parse_file_dataset_name, register_file_datasets
 from retinanet_plugin.data.voc import VocAnnotationError
 from retinanet_plugin.engine import RetinaNetPluginTrainer, config_from_file
+from script_module import load_script  # a helper beside the tests
 
 SYNTHETIC = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
 
@@ -230,11 +230,7 @@ def test_num_classes_from_data_and_mismatches_name_both_numbers(tmp_path):
 
 
 def _load_predict_tool():
-    spec = importlib.util.spec_from_file_location(f"predict_{uuid.uuid4().hex[:6]}",
-                                                  os.path.join(REPO_ROOT, "tools", "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/predict.py")
 
 
 class _OneBoxPredictor:

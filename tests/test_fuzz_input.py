@@ -52,6 +52,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 
 from retinanet_plugin import model_zoo
+from script_module import load_script  # a helper beside the tests
 from retinanet_plugin.data.validation import (
     CheckedDatasetMapper,
     DatasetValidationError,
@@ -71,14 +72,7 @@ IMAGE_SIZE = (48, 64)
 NUM_CLASSES = 2
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_detectron2_retinanet_fuzz", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_tool = _load_tool()
+convert_tool = load_script("tools/convert_detectron2_retinanet.py")
 
 
 class CaseTimeout(BaseException):

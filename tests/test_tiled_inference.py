@@ -9,7 +9,6 @@ reported cut, as a detector would see them). Whole-image inference at the test s
 3-5 px, so they are missed; in 512 px tiles they keep their size and are found. The tiling, the mapping back to image
 coordinates, the merge across tiles and the AP of the evaluation mode are the plugin's code under test.
 """
-import importlib.util
 import json
 import os
 
@@ -23,6 +22,7 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import REPO_ROOT
 from retinanet_plugin.engine.tiled_inference import TiledPredictor, merge_tile_detections, tile_grid
+from script_module import load_script  # a helper beside the tests
 
 SYNTHETIC = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
 SIZE, TILE, MIN_SIDE = 2048, 512, 8
@@ -89,10 +89,7 @@ def large_image(tmp_path_factory):
 
 
 def _load_predict_tool():
-    spec = importlib.util.spec_from_file_location("predict_tiled", os.path.join(REPO_ROOT, "tools", "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/predict.py")
 
 
 def _evaluate(folder, *tile_args):

@@ -6,7 +6,6 @@ A crafted pickle whose unpickling would run ``touch <marker>`` through ``os.syst
 the command through plain ``pickle.load`` (so the refusals below refuse something real), and then to be refused, with
 the file and the global named, through every plugin path, the marker never appearing.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from retinanet_plugin.checkpoint import (
 )
 from retinanet_plugin.checkpoint.safe_pickle import restricted_pickle_load
 from retinanet_plugin.engine import CheckedDetectionCheckpointer, CheckpointReadError, config_from_file
+from script_module import load_script  # a helper beside the tests
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_detectron2_retinanet.py"
@@ -43,14 +43,7 @@ def _env():
     return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_detectron2_retinanet_untrusted", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_tool = _load_tool()
+convert_tool = load_script("tools/convert_detectron2_retinanet.py")
 
 
 class _RunsCommand:
