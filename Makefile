@@ -22,7 +22,7 @@ endif
 
 CSRC := $(wildcard retinanet_plugin/csrc/* retinanet_plugin/csrc/*/*)
 
-.PHONY: demo test setup build clean-demo
+.PHONY: demo test lint setup build clean-demo
 
 setup: $(VENV)/.stack-installed
 build: $(VENV)/.plugin-built
@@ -51,6 +51,11 @@ demo: $(DEMO_OUT)/model_final.pth
 
 test: $(VENV)/.plugin-built
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The house style (pyproject.toml): `ruff format` and `ruff check` must have nothing to change.
+lint: $(VENV)/.stack-installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -2,13 +2,16 @@
 
 ``pip install --no-build-isolation -e .`` builds the ``retinanet_plugin._C`` extension against the
 torch already installed in the environment: the C++ CPU kernels always, and the CUDA kernels when a
-CUDA toolkit is found (``CUDA_HOME``, else the toolkit of the ``nvcc`` on PATH, else ``/usr/local/cuda*``) or
-``FORCE_CUDA=1`` is set. ``TORCH_CUDA_ARCH_LIST`` selects the GPU architectures; without it, the visible GPUs'
-architectures are built when torch sees a GPU, else those of DEFAULT_CUDA_ARCHS that the toolkit supports.
+CUDA toolkit is found (``CUDA_HOME``, else the toolkit of the ``nvcc`` on PATH, else
+``/usr/local/cuda*``) or ``FORCE_CUDA=1`` is set. ``TORCH_CUDA_ARCH_LIST`` selects the GPU
+architectures; without it, the visible GPUs' architectures are built when torch sees a GPU, else
+those of DEFAULT_CUDA_ARCHS that the toolkit supports.
 
-Sources: ``csrc/`` (the ops' entry points, the shared element math ``loss_elements.h``), ``csrc/cpu/`` (the CPU
-kernels, compiled once per instruction set), ``csrc/cuda/`` (the CUDA kernels and their ATen driver).
+Sources: ``csrc/`` (the ops' entry points, the shared element math ``loss_elements.h``),
+``csrc/cpu/`` (the CPU kernels, compiled once per instruction set), ``csrc/cuda/`` (the CUDA kernels
+and their ATen driver).
 """
+
 import glob
 import os
 import shutil
@@ -19,13 +22,14 @@ from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("retinanet_plugin", "csrc")
-# nvcc's flags for csrc/cuda/*.cu (tests/test_cuda_kernels_compile.py compiles with the same ones); --threads
-# compiles the architectures two at a time.
+# nvcc's flags for csrc/cuda/*.cu (tests/test_cuda_kernels_compile.py compiles with the same ones);
+# --threads compiles the architectures two at a time.
 NVCC_FLAGS = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--threads", "2"]
 
 
 def _toolkit_of(nvcc):
-    """The toolkit folder of an nvcc executable: the folder above the real file's bin/, following links."""
+    """The toolkit folder of an nvcc executable: the folder above the real file's bin/, following
+    links."""
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
@@ -43,30 +47,37 @@ def _cuda_home():
 
 
 def _visible_gpu_gencode_flags():
-    """-gencode flags for the architectures of the GPUs torch sees (SASS for each, PTX of the newest), or []."""
+    """-gencode flags for the architectures of the GPUs torch sees (SASS for each, PTX of the
+    newest), or []."""
     import torch
 
     if not torch.cuda.is_available():
         return []
-    archs = sorted({"%d%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    # sm_90a and later "a" variants are not needed: the kernels use no architecture-specific instructions.
+    archs = sorted(
+        {"%d%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    )
+    # sm_90a and later "a" variants are not needed: the kernels use no architecture-specific
+    # instructions.
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
-# Data-centre and desktop GPU generations built by default when no GPU is visible (Turing, Ampere A100 / RTX 30,
-# Ada, Hopper, Blackwell B200 / RTX 50): binary code for each that nvcc supports, plus PTX of the newest, which the
-# driver compiles for any later GPU. Other targets (Jetson sm_87, Thor sm_110, GB300 sm_103, ...) run that PTX, or
-# get their own binary code from TORCH_CUDA_ARCH_LIST.
+# Data-centre and desktop GPU generations built by default when no GPU is visible (Turing, Ampere
+# A100 / RTX 30, Ada, Hopper, Blackwell B200 / RTX 50): binary code for each that nvcc supports,
+# plus PTX of the newest, which the driver compiles for any later GPU. Other targets (Jetson sm_87,
+# Thor sm_110, GB300 sm_103, ...) run that PTX, or get their own binary code from
+# TORCH_CUDA_ARCH_LIST.
 DEFAULT_CUDA_ARCHS = (75, 80, 86, 89, 90, 100, 120)
 
 
 def _default_gencode_flags(nvcc):
-    """nvcc -gencode flags for DEFAULT_CUDA_ARCHS that this nvcc can target, plus PTX of the newest of them. Given to
-    nvcc directly rather than through TORCH_CUDA_ARCH_LIST, whose parser in torch.utils.cpp_extension rejects
-    architectures it does not list."""
+    """nvcc -gencode flags for DEFAULT_CUDA_ARCHS that this nvcc can target, plus PTX of the newest
+    of them. Given to nvcc directly rather than through TORCH_CUDA_ARCH_LIST, whose parser in
+    torch.utils.cpp_extension rejects architectures it does not list."""
     out = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True).stdout.split()
-    supported = {int(a.split("_")[1]) for a in out if a.startswith("sm_") and a.split("_")[1].isdigit()}
+    supported = {
+        int(a.split("_")[1]) for a in out if a.startswith("sm_") and a.split("_")[1].isdigit()
+    }
     archs = sorted(supported.intersection(DEFAULT_CUDA_ARCHS))
     if not archs:
         return []
@@ -77,22 +88,36 @@ def _default_gencode_flags(nvcc):
 def write_isa_prelude(torch_include_dirs, out_dir=os.path.join(HERE, "build", "generated")):
     """Writes retinanet_plugin_isa_prelude.h into out_dir and returns out_dir.
 
-    The CPU kernels' AVX2/AVX-512 translation units switch the instruction set on with `#pragma GCC target` before
-    they include ATen's SIMD headers. Every header those include from outside their cpu/vec/ folders must already have been
-    included before that point, or its inline functions are compiled for AVX in one translation unit and for the
-    baseline in the others, and the linker may keep the AVX copy. The list is read from the compiler (`-H`) for the
-    torch being built against, so it holds for any torch version.
+    The CPU kernels' AVX2/AVX-512 translation units switch the instruction set on with `#pragma GCC
+    target` before they include ATen's SIMD headers. Every header those include from outside their
+    cpu/vec/ folders must already have been included before that point, or its inline functions are
+    compiled for AVX in one translation unit and for the baseline in the others, and the linker may
+    keep the AVX copy. The list is read from the compiler (`-H`) for the torch being built against,
+    so it holds for any torch version.
     """
     cxx = os.environ.get("CXX", "c++")
-    probe = (  # the preamble of csrc/cpu/focal_loss_cpu_avx512.cpp
+    probe = (  # the AVX-512 preamble (csrc/cpu/focal_loss_cpu_isa.h)
         '#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")\n'
         "#define CPU_CAPABILITY AVX512\n#define CPU_CAPABILITY_AVX512\n"
         "#include <ATen/cpu/vec/functional.h>\n#include <ATen/cpu/vec/vec.h>\n"
     )
-    cmd = [cxx, "-std=c++20", *[f"-I{d}" for d in torch_include_dirs], "-H", "-E", "-x", "c++", "-", "-o", os.devnull]
+    cmd = [
+        cxx,
+        "-std=c++20",
+        *[f"-I{d}" for d in torch_include_dirs],
+        "-H",
+        "-E",
+        "-x",
+        "c++",
+        "-",
+        "-o",
+        os.devnull,
+    ]
     run = subprocess.run(cmd, input=probe, capture_output=True, text=True)
     if run.returncode != 0:
-        raise RuntimeError(f"probing ATen's SIMD headers failed ({' '.join(cmd)}):\n{run.stderr[-2000:]}")
+        raise RuntimeError(
+            f"probing ATen's SIMD headers failed ({' '.join(cmd)}):\n{run.stderr[-2000:]}"
+        )
     headers, stack = [], []
     for line in run.stderr.splitlines():
         dots, _, path = line.partition(" ")
@@ -103,13 +128,22 @@ def write_isa_prelude(torch_include_dirs, out_dir=os.path.join(HERE, "build", "g
         parent = stack[-1] if stack else ""
         stack.append(path)
         vec = "/cpu/vec/"  # ATen/cpu/vec/ and torch/headeronly/cpu/vec/
-        if vec in parent and vec not in path and os.path.basename(path) != "sleef.h" and path not in headers:
+        if (
+            vec in parent
+            and vec not in path
+            and os.path.basename(path) != "sleef.h"
+            and path not in headers
+        ):
             headers.append(path)
     os.makedirs(out_dir, exist_ok=True)
-    text = "// Generated by setup.py (write_isa_prelude): the headers ATen's SIMD headers include.\n#pragma once\n"
+    text = (
+        "// Generated by setup.py (write_isa_prelude): the headers ATen's SIMD headers include.\n"
+        "#pragma once\n"
+    )
     text += "".join(f'#include "{os.path.realpath(h)}"\n' for h in headers)
     target = os.path.join(out_dir, "retinanet_plugin_isa_prelude.h")
-    if not os.path.exists(target) or open(target).read() != text:  # unchanged: keep the timestamp for rebuilds
+    # unchanged: keep the timestamp for rebuilds
+    if not os.path.exists(target) or open(target).read() != text:
         with open(target + ".tmp", "w") as f:
             f.write(text)
         os.replace(target + ".tmp", target)
@@ -119,13 +153,16 @@ def write_isa_prelude(torch_include_dirs, out_dir=os.path.join(HERE, "build", "g
 def get_extensions():
     from torch.utils import cpp_extension
 
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "*", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "*", "*.cpp"))
+    )
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     if not sources:
         return []
     cuda_home = _cuda_home()
     use_cuda = bool(cuda_sources) and (
-        os.environ.get("FORCE_CUDA", "0") == "1" or (cuda_home is not None and os.environ.get("FORCE_CUDA") != "0")
+        os.environ.get("FORCE_CUDA", "0") == "1"
+        or (cuda_home is not None and os.environ.get("FORCE_CUDA") != "0")
     )
     # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses).
     extra_compile_args = {"cxx": ["-O3", "-std=c++20"]}
@@ -133,14 +170,17 @@ def get_extensions():
     extension = cpp_extension.CppExtension
     if use_cuda:
         if cuda_home is None:
-            raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit with lib64/libcudart.so was found; set CUDA_HOME")
+            raise RuntimeError(
+                "FORCE_CUDA=1 but no CUDA toolkit with lib64/libcudart.so was found; set CUDA_HOME"
+            )
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
         extension = cpp_extension.CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = list(NVCC_FLAGS)
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # else torch turns TORCH_CUDA_ARCH_LIST into flags
+        # else torch turns TORCH_CUDA_ARCH_LIST into flags
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             extra_compile_args["nvcc"] += _visible_gpu_gencode_flags() or _default_gencode_flags(
                 os.path.join(cuda_home, "bin", "nvcc")
             )
@@ -157,7 +197,8 @@ def get_extensions():
 
 
 class BuildPyWithConfigs(build_py):
-    """Ships the top-level ``configs/`` folder inside the package as ``retinanet_plugin/model_zoo_configs``."""
+    """Ships the top-level ``configs/`` folder inside the package as
+    ``retinanet_plugin/model_zoo_configs``."""
 
     def run(self):
         super().run()

@@ -2,12 +2,15 @@
 """Train and evaluate the plugin's RetinaNet with Detectron2's trainer and COCO evaluator.
 
     python train_net.py --config-file configs/retinanet_R50.yaml --num-gpus 8
-    python train_net.py --config-file configs/retinanet_R50.yaml --eval-only MODEL.WEIGHTS model_final.pth
-    python train_net.py --config-file configs/synthetic/retinanet_R18_synthetic.yaml --num-gpus 2   # no GPU: 2 CPU workers
+    python train_net.py --config-file configs/retinanet_R50.yaml --eval-only \
+        MODEL.WEIGHTS model_final.pth
+    # no GPU: 2 CPU workers
+    python train_net.py --config-file configs/synthetic/retinanet_R18_synthetic.yaml --num-gpus 2
 
-Without GPUs, ``--num-gpus N`` starts N CPU processes that train together over GLOO, and a config that
-asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
+Without GPUs, ``--num-gpus N`` starts N CPU processes that train together over GLOO, and a config
+that asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
 """
+
 import logging
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -16,17 +19,23 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from retinanet_plugin.data import check_dataset_files
-from retinanet_plugin.engine import CheckedDetectionCheckpointer, RetinaNetPluginTrainer, config_from_file
+from retinanet_plugin.engine import (
+    CheckedDetectionCheckpointer,
+    RetinaNetPluginTrainer,
+    config_from_file,
+)
 
 logger = logging.getLogger("retinanet_plugin")
 
 
 def setup(args):
-    """Config from the YAML and the command-line overrides, with the plugin's keys; logging and output folder."""
+    """Config from the YAML and the command-line overrides, with the plugin's keys; logging and
+    output folder."""
     cfg, warnings = config_from_file(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    # the plugin's own log lines (data fix-ups, resume fallbacks) go to the console and OUTPUT_DIR/log.txt too
+    # the plugin's own log lines (data fix-ups, resume fallbacks) go to the console and
+    # OUTPUT_DIR/log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_plugin")
     for warning in warnings:
         logger.warning(warning)
@@ -35,7 +44,9 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    check_dataset_files(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    check_dataset_files(
+        list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    )
     if args.eval_only:
         model = RetinaNetPluginTrainer.build_model(cfg)
         checkpointer = CheckedDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)

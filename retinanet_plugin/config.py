@@ -1,10 +1,12 @@
-"""Config keys of the plugin: new keys live under ``MODEL.RETINANET_PLUGIN``, and under ``DATASETS`` for datasets given
-by files and how images are read.
+"""Config keys of the plugin: new keys live under ``MODEL.RETINANET_PLUGIN``, and under ``DATASETS``
+for datasets given by files and how images are read.
 
-The plugin reuses Detectron2's own RetinaNet keys (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``,
-``MODEL.FPN.*``, ``MODEL.RESNETS.*``) with their Detectron2 meaning, so a Detectron2 RetinaNet YAML
-works unchanged once the three component names point at the plugin's registrations.
+The plugin reuses Detectron2's own RetinaNet keys (``MODEL.RETINANET.*``,
+``MODEL.ANCHOR_GENERATOR.*``, ``MODEL.FPN.*``, ``MODEL.RESNETS.*``) with their Detectron2 meaning,
+so a Detectron2 RetinaNet YAML works unchanged once the three component names point at the plugin's
+registrations.
 """
+
 from detectron2.config import CfgNode as CN
 
 
@@ -16,69 +18,101 @@ def add_retinanet_plugin_config(cfg):
     if "RETINANET_PLUGIN" in cfg.MODEL:
         return cfg
     node = CN()
-    # Name of the head in RETINANET_PLUGIN_HEAD_REGISTRY (retinanet_plugin.modeling.head).
-    node.HEAD_NAME = "RetinaNetPluginHead"
-    # Input of the stride-2 P6 conv: "res5" (C5, as Detectron2 does) or "p5" (the FPN's P5, a paper option).
-    node.P6P7_INPUT = "res5"
-    # Whether a ground-truth box with no anchor above the foreground IoU threshold still gets the anchors
-    # that overlap it best as foreground (Detectron2 hard-codes True; the paper does not say).
-    node.ALLOW_LOW_QUALITY_MATCHES = True
-    # Most IoU values (ground-truth boxes x anchors) that anchor labelling holds at once; anchors are matched in
-    # blocks of MATCHING_CHUNK_ELEMENTS // #boxes, so images with hundreds of boxes need no [G, R] IoU matrix.
-    # The result does not depend on it (retinanet_plugin.modeling.anchor_labeling).
-    node.MATCHING_CHUNK_ELEMENTS = 4194304
-    # How both losses are normalised:
-    #   "ema":   exponential moving average of the number of foreground anchors per worker, counted over
-    #            all workers (all-reduced, divided by the number of workers). Detectron2's normaliser,
-    #            except that Detectron2 counts on each GPU alone.
-    #   "batch": the paper's plain count of foreground anchors in the batch (over all workers, at least 1).
-    node.LOSS_NORMALIZER = "ema"
-    # Start value and momentum of the "ema" normaliser (Detectron2: 100 and 0.9).
-    node.NORMALIZER_EMA_INIT = 100.0
-    node.NORMALIZER_EMA_MOMENTUM = 0.9
-    # Classification loss implementation: "op" (the custom sigmoid focal loss kernel, retinanet_plugin._C)
-    # or "reference" (the composite PyTorch expression on a one-hot target, as fvcore writes it).
-    node.FOCAL_LOSS_IMPL = "op"
-    # Classification loss: "focal" (the paper's sigmoid focal loss, MODEL.RETINANET.FOCAL_LOSS_GAMMA/ALPHA) or
-    # "quality_focal" (Generalized Focal Loss, Li et al. 2020: the positive class's target is the IoU of the anchor's
-    # predicted box with its ground truth, modulated by |target - p|^QUALITY_FOCAL_LOSS_BETA; no alpha). Either one
-    # uses the implementation FOCAL_LOSS_IMPL names. The box loss is MODEL.RETINANET.BBOX_REG_LOSS_TYPE (smooth_l1,
-    # giou, diou, ciou), as in Detectron2.
-    node.CLASSIFICATION_LOSS = "focal"
-    node.QUALITY_FOCAL_LOSS_BETA = 2.0
-    # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM, NESTEROV) or
-    # "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*, BIAS_LR_FACTOR and CLIP_GRADIENTS.
-    node.OPTIMIZER = "SGD"
-    # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (float16 with a gradient scaler on CUDA, bfloat16 on the CPU),
-    # "float16" or "bfloat16". The losses are accumulated in float32 either way.
-    node.AMP_DTYPE = "auto"
-    # Take MODEL.RETINANET.NUM_CLASSES from the training data: the number of thing_classes of DATASETS.TRAIN (all
-    # training datasets must have the same classes), set when the config is read (engine.config_from_file) and by
-    # the trainer. False: NUM_CLASSES as given, and a dataset with another class count is an error naming both.
-    node.NUM_CLASSES_FROM_DATA = False
-    # Ground-truth boxes with iscrowd 1 (COCO crowd regions, Pascal VOC "difficult" objects) in training:
-    #   "ignore": the anchors such a box would match (IoU above the background threshold, or its best anchor) are left
-    #             out of the classification loss (neither object nor background); other anchors are labelled as usual.
-    #   "drop":   removed, as Detectron2's DatasetMapper does, so the anchors on them are background.
-    node.CROWD_BOXES = "ignore"
-    # A box that an augmentation cuts (INPUT.CROP: random crops) and of which less than this fraction of its area is
-    # left inside the image is ignored like a crowd box (a sliver of an object is neither object nor background);
-    # boxes with more left are clipped and trained on, boxes with nothing left are dropped. 0: clip and keep all.
-    node.CROP_MIN_VISIBLE_FRACTION = 0.5
+    _add_architecture_keys(node)
+    _add_loss_keys(node)
+    _add_training_keys(node)
     cfg.MODEL.RETINANET_PLUGIN = node
     _add_dataset_keys(cfg)
     return cfg
 
 
+def _add_architecture_keys(node: CN) -> None:
+    """The head, the pyramid and anchor labelling."""
+    # Name of the head in RETINANET_PLUGIN_HEAD_REGISTRY (retinanet_plugin.modeling.head).
+    node.HEAD_NAME = "RetinaNetPluginHead"
+    # Input of the stride-2 P6 conv: "res5" (C5, as Detectron2 does) or "p5" (the FPN's P5, a paper
+    # option).
+    node.P6P7_INPUT = "res5"
+    # Whether a ground-truth box with no anchor above the foreground IoU threshold still gets the
+    # anchors that overlap it best as foreground (Detectron2 hard-codes True; the paper does not
+    # say).
+    node.ALLOW_LOW_QUALITY_MATCHES = True
+    # Most IoU values (ground-truth boxes x anchors) that anchor labelling holds at once; anchors
+    # are matched in blocks of MATCHING_CHUNK_ELEMENTS // #boxes, so images with hundreds of boxes
+    # need no [G, R] IoU matrix. The result does not depend on it
+    # (retinanet_plugin.modeling.anchor_labeling).
+    node.MATCHING_CHUNK_ELEMENTS = 4194304
+
+
+def _add_loss_keys(node: CN) -> None:
+    """The losses and their normaliser."""
+    # How both losses are normalised:
+    #   "ema":   exponential moving average of the number of foreground anchors per worker, counted
+    #            over all workers (all-reduced, divided by the number of workers). Detectron2's
+    #            normaliser, except that Detectron2 counts on each GPU alone.
+    #   "batch": the paper's plain count of foreground anchors in the batch (over all workers, at
+    #            least 1).
+    node.LOSS_NORMALIZER = "ema"
+    # Start value and momentum of the "ema" normaliser (Detectron2: 100 and 0.9).
+    node.NORMALIZER_EMA_INIT = 100.0
+    node.NORMALIZER_EMA_MOMENTUM = 0.9
+    # Classification loss implementation: "op" (the custom sigmoid focal loss kernel,
+    # retinanet_plugin._C) or "reference" (the composite PyTorch expression on a one-hot target, as
+    # fvcore writes it).
+    node.FOCAL_LOSS_IMPL = "op"
+    # Classification loss: "focal" (the paper's sigmoid focal loss,
+    # MODEL.RETINANET.FOCAL_LOSS_GAMMA/ALPHA) or "quality_focal" (Generalized Focal Loss, Li et al.
+    # 2020: the positive class's target is the IoU of the anchor's predicted box with its ground
+    # truth, modulated by |target - p|^QUALITY_FOCAL_LOSS_BETA; no alpha). Either one uses the
+    # implementation FOCAL_LOSS_IMPL names. The box loss is MODEL.RETINANET.BBOX_REG_LOSS_TYPE
+    # (smooth_l1, giou, diou, ciou), as in Detectron2.
+    node.CLASSIFICATION_LOSS = "focal"
+    node.QUALITY_FOCAL_LOSS_BETA = 2.0
+
+
+def _add_training_keys(node: CN) -> None:
+    """The optimizer, mixed precision and the ground truth a training image gives."""
+    # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM,
+    # NESTEROV) or "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*,
+    # BIAS_LR_FACTOR and CLIP_GRADIENTS.
+    node.OPTIMIZER = "SGD"
+    # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (float16 with a gradient scaler on CUDA,
+    # bfloat16 on the CPU), "float16" or "bfloat16". The losses are accumulated in float32 either
+    # way.
+    node.AMP_DTYPE = "auto"
+    # Take MODEL.RETINANET.NUM_CLASSES from the training data: the number of thing_classes of
+    # DATASETS.TRAIN (all training datasets must have the same classes), set when the config is read
+    # (engine.config_from_file) and by the trainer. False: NUM_CLASSES as given, and a dataset with
+    # another class count is an error naming both.
+    node.NUM_CLASSES_FROM_DATA = False
+    # Ground-truth boxes with iscrowd 1 (COCO crowd regions, Pascal VOC "difficult" objects) in
+    # training:
+    #   "ignore": the anchors such a box would match (IoU above the background threshold, or its
+    #             best anchor) are left out of the classification loss (neither object nor
+    #             background); other anchors are labelled as usual.
+    #   "drop":   removed, as Detectron2's DatasetMapper does, so the anchors on them are
+    #             background.
+    node.CROWD_BOXES = "ignore"
+    # A box that an augmentation cuts (INPUT.CROP: random crops) and of which less than this
+    # fraction of its area is left inside the image is ignored like a crowd box (a sliver of an
+    # object is neither object nor background); boxes with more left are clipped and trained on,
+    # boxes with nothing left are dropped. 0: clip and keep all.
+    node.CROP_MIN_VISIBLE_FRACTION = 0.5
+
+
 def _add_dataset_keys(cfg) -> None:
-    """The plugin's keys under ``DATASETS``: datasets given by files and how their images are read."""
-    # Class names of the datasets given as voc:FOLDER (retinanet_plugin.data.file_datasets), in category-id order,
-    # e.g. ("tree", "bush"). Empty: the sorted object names of all voc: datasets of DATASETS.TRAIN and TEST.
+    """The plugin's keys under ``DATASETS``: datasets given by files and how their images are
+    read."""
+    # Class names of the datasets given as voc:FOLDER (retinanet_plugin.data.file_datasets), in
+    # category-id order, e.g. ("tree", "bush"). Empty: the sorted object names of all voc: datasets
+    # of DATASETS.TRAIN and TEST.
     cfg.DATASETS.VOC_CLASSES = ()
-    # EXIF orientation of images (retinanet_plugin.data.image_quirks): "auto" (turn the image as its EXIF tag says,
-    # unless the dataset's height/width are those of the stored pixels, i.e. the annotation tool showed them unturned),
-    # "apply" (always turn: Detectron2's behaviour) or "ignore" (use the stored pixels).
+    # EXIF orientation of images (retinanet_plugin.data.image_quirks): "auto" (turn the image as its
+    # EXIF tag says, unless the dataset's height/width are those of the stored pixels, i.e. the
+    # annotation tool showed them unturned), "apply" (always turn: Detectron2's behaviour) or
+    # "ignore" (use the stored pixels).
     cfg.DATASETS.EXIF_ORIENTATION = "auto"
-    # PIL's Image.MAX_IMAGE_PIXELS (process-wide): images with more pixels are read with a warning, those with more
-    # than twice as many are refused as possible decompression bombs. PIL's default; 0: no limit.
+    # PIL's Image.MAX_IMAGE_PIXELS (process-wide): images with more pixels are read with a warning,
+    # those with more than twice as many are refused as possible decompression bombs. PIL's default;
+    # 0: no limit.
     cfg.DATASETS.MAX_IMAGE_PIXELS = 89478485

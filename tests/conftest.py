@@ -1,4 +1,5 @@
 """Shared fixtures: small CPU configs of the plugin's RetinaNet."""
+
 import os
 import sys
 
@@ -6,11 +7,14 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers beside the tests (spawned workers)
+# helpers beside the tests (spawned workers)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of train_net.py / tools (run in CI too)")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end runs of train_net.py / tools (run in CI too)"
+    )
     config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one")
 
 
@@ -50,7 +54,8 @@ def small_cfg():
 
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory):
-    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once per test module)."""
+    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once per test
+    module)."""
     from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
 
     root = tmp_path_factory.mktemp("datasets")

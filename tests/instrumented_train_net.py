@@ -1,11 +1,15 @@
-"""train_net.py with test instruments, run as a script by tests/test_faults.py (same command line as train_net.py).
+"""train_net.py with test instruments, run as a script by tests/test_faults.py (same command line as
+train_net.py).
 
 Environment variables, read in every worker process:
-    RELIABILITY_DATASETS  json list of [name, coco_json_file, image_root]: COCO datasets to register.
-    RELIABILITY_RECORD    path: rank 0 appends one json line per iteration with the loss terms (the mean over
-                          workers that Detectron2 logs) and its resident memory in MiB.
+    RELIABILITY_DATASETS  json list of [name, coco_json_file, image_root]: COCO datasets to
+                          register.
+    RELIABILITY_RECORD    path: rank 0 appends one json line per iteration with the loss terms
+                          (the mean over workers that Detectron2 logs) and its resident memory in
+                          MiB.
     RELIABILITY_FAULT     "RANK:ITERATION": that worker raises a RuntimeError before that iteration.
 """
+
 import json
 import os
 import sys
@@ -38,7 +42,13 @@ class RecordEveryIteration(HookBase):
     def after_step(self):
         latest = self.trainer.storage.latest()
         row = {"iteration": self.trainer.iter, "rss_mib": resident_memory_mib()}
-        row.update({k: latest[k][0] for k in LOSS_KEYS if k in latest and latest[k][1] == self.trainer.iter})
+        row.update(
+            {
+                k: latest[k][0]
+                for k in LOSS_KEYS
+                if k in latest and latest[k][1] == self.trainer.iter
+            }
+        )
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -49,7 +59,9 @@ class RaiseOnOneWorker(HookBase):
 
     def before_step(self):
         if comm.get_rank() == self.rank and self.trainer.iter == self.iteration:
-            raise RuntimeError(f"injected fault on rank {self.rank} before iteration {self.iteration}")
+            raise RuntimeError(
+                f"injected fault on rank {self.rank} before iteration {self.iteration}"
+            )
 
 
 def instrument():
@@ -72,5 +84,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

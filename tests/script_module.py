@@ -1,4 +1,6 @@
-"""The repository's scripts (tools/*.py) loaded as modules, for tests that call their functions in-process."""
+"""The repository's scripts (tools/*.py) loaded as modules, for tests that call their functions
+in-process."""
+
 import importlib.util
 import itertools
 from pathlib import Path

@@ -1,4 +1,6 @@
-"""tools/ablate.py: the settings of the paper's Table 1 ablations, and an end-to-end run of two of them."""
+"""tools/ablate.py: the settings of the paper's Table 1 ablations, and an end-to-end run of two of
+them."""
+
 import importlib.util
 import json
 import math
@@ -6,6 +8,7 @@ import os
 import subprocess
 import sys
 import traceback
+from unittest import mock
 
 import pytest
 import torch
@@ -16,9 +19,13 @@ CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_syntheti
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("ablate", os.path.join(REPO_ROOT, "tools", "ablate.py"))
+    """tools/ablate.py as a module, loaded as Python runs the script: with its folder first on
+    sys.path while it imports its helpers (tools/ablation/)."""
+    tools = os.path.join(REPO_ROOT, "tools")
+    spec = importlib.util.spec_from_file_location("ablate", os.path.join(tools, "ablate.py"))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with mock.patch.object(sys, "path", [tools, *sys.path]):
+        spec.loader.exec_module(module)
     return module
 
 
@@ -35,19 +42,30 @@ def _config(setting_name, iters=600):
     return ablate.load_config(CONFIG, opts), opts
 
 
-# ------------------------------------------------------------------------------------------------ settings
+# ------------------------------------------------------------------------------------------------
+# settings
 
 
 def test_gamma_alpha_pairs_are_table_1b_best_alphas():
     gamma = ablate.select_settings("gamma")
-    assert [(s.gamma, s.alpha) for s in gamma] == [(0.0, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)]
+    assert [(s.gamma, s.alpha) for s in gamma] == [
+        (0.0, 0.75),
+        (0.5, 0.5),
+        (1.0, 0.25),
+        (2.0, 0.25),
+        (5.0, 0.25),
+    ]
     assert all(s.prior_init and s.anchors == "3x3" and s.seed == 1 for s in gamma)
     for s in gamma:
         cfg, _ = _config(s.name)
-        assert (cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA, cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) == (s.gamma, s.alpha)
+        assert (cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA, cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA) == (
+            s.gamma,
+            s.alpha,
+        )
         assert cfg.MODEL.RETINANET.PRIOR_PROB == 0.01
     assert ablate.PAPER_TABLE1[ablate.SETTINGS_BY_NAME["g2_a25"].paper_row][0] == max(
-        ablate.PAPER_TABLE1[s.paper_row][0] for s in gamma)
+        ablate.PAPER_TABLE1[s.paper_row][0] for s in gamma
+    )
 
 
 def test_select_settings_by_name_and_ablation_keeps_table_order():
@@ -95,24 +113,35 @@ def test_no_prior_starts_the_class_bias_at_zero():
 
 
 def test_schedule_is_scaled_to_the_iterations():
-    _, opts = _config("g2_a25", iters=600)  # the config: 1200 iterations, steps (900, 1100), warm-up 100
+    # the config: 1200 iterations, steps (900, 1100), warm-up 100
+    _, opts = _config("g2_a25", iters=600)
     opts = _opts_dict(opts)
-    assert (opts["SOLVER.MAX_ITER"], opts["SOLVER.STEPS"], opts["SOLVER.WARMUP_ITERS"]) == ("600", "(450, 550)", "50")
+    assert (opts["SOLVER.MAX_ITER"], opts["SOLVER.STEPS"], opts["SOLVER.WARMUP_ITERS"]) == (
+        "600",
+        "(450, 550)",
+        "50",
+    )
     assert int(opts["SOLVER.CHECKPOINT_PERIOD"]) > 600 and opts["TEST.EVAL_PERIOD"] == "0"
     tiny = _opts_dict(ablate.schedule_opts(1200, (900, 1100), 100, 3))
     assert (tiny["SOLVER.STEPS"], tiny["SOLVER.WARMUP_ITERS"]) == ("(2,)", "1")
-    cfg = ablate.load_config(CONFIG, ablate.run_opts(ablate.load_config(CONFIG), ablate.SETTINGS[0], 3, ["SEED", "7"]))
+    cfg = ablate.load_config(
+        CONFIG, ablate.run_opts(ablate.load_config(CONFIG), ablate.SETTINGS[0], 3, ["SEED", "7"])
+    )
     assert cfg.SOLVER.STEPS == (2,) and cfg.SEED == 7  # the user's overrides come last and win
 
 
 def _real_divergence_log():
     """The traceback the plugin's trainer prints when a loss term becomes NaN at iteration 37."""
-    from retinanet_plugin.engine.hooks import check_finite_losses
+    from retinanet_plugin.engine.finite_checks import check_finite_losses
 
     try:
-        check_finite_losses({"loss_cls": torch.tensor(float("nan")), "loss_box_reg": torch.tensor(0.5)}, 37)
+        check_finite_losses(
+            {"loss_cls": torch.tensor(float("nan")), "loss_box_reg": torch.tensor(0.5)}, 37
+        )
     except FloatingPointError:
-        return "[11/23 12:00:00 d2.utils.events]: iter: 19 total_loss: 3.2\n" + traceback.format_exc()
+        return (
+            "[11/23 12:00:00 d2.utils.events]: iter: 19 total_loss: 3.2\n" + traceback.format_exc()
+        )
     raise AssertionError("check_finite_losses did not raise")
 
 
@@ -121,32 +150,54 @@ def test_a_run_stopped_by_a_non_finite_loss_is_recorded_as_diverged(tmp_path):
     summary = ablate.summarize_run(str(tmp_path), 1, _real_divergence_log())
     assert summary["status"] == "diverged" and summary["diverged_at_iter"] == 37
     assert "loss_cls is nan" in summary["divergence"]
-    assert summary["AP"] is None and summary["final_loss"] == 3.25 and summary["final_loss_iter"] == 19
+    assert (
+        summary["AP"] is None and summary["final_loss"] == 3.25 and summary["final_loss_iter"] == 19
+    )
 
 
 def test_other_failures_are_errors_not_results(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)exit code 1.*No such file"):
-        ablate.summarize_run(str(tmp_path), 1, "Traceback...\nFileNotFoundError: No such file: x.jpg")
+        ablate.summarize_run(
+            str(tmp_path), 1, "Traceback...\nFileNotFoundError: No such file: x.jpg"
+        )
     with pytest.raises(RuntimeError, match="no bbox/AP evaluation"):
         ablate.summarize_run(str(tmp_path), 0, "done")
 
 
-# ------------------------------------------------------------------------------------------------ end to end
+# ------------------------------------------------------------------------------------------------
+# end to end
 
 TINY = [  # a few iterations on small images: this checks the plumbing, not the accuracy
-    "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MIN_SIZE_TEST", "160",
-    "DATALOADER.NUM_WORKERS", "0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "20",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(160,)",
+    "INPUT.MIN_SIZE_TEST",
+    "160",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.0",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "20",
 ]
 
 
 def _run_tool(output, datasets_root, *args):
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "ablate.py"), "--output", str(output), *args]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "tools", "ablate.py"),
+        "--output",
+        str(output),
+        *args,
+    ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _coco_eval(gt_json, results_json):
-    """(AP, AP50, AP75) in percent of a detections file, by pycocotools (as COCOEvaluator(use_fast_impl=False))."""
+    """(AP, AP50, AP75) in percent of a detections file, by pycocotools (as
+    COCOEvaluator(use_fast_impl=False))."""
     import contextlib
     import io
 
@@ -166,14 +217,22 @@ def _coco_eval(gt_json, results_json):
 
 def _detections_file(out, result):
     """The detections COCOEvaluator wrote for the run of ``result``."""
-    return out / result["run_dir"] / "inference" / "retinanet_synthetic_shapes_val" / "coco_instances_results.json"
+    return (
+        out
+        / result["run_dir"]
+        / "inference"
+        / "retinanet_synthetic_shapes_val"
+        / "coco_instances_results.json"
+    )
 
 
 @pytest.mark.slow
 def test_two_settings_end_to_end_then_resumed(tmp_path):
     from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, ensure_synthetic_shapes
 
-    datasets_root = os.path.abspath(os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO_ROOT, "datasets")))
+    datasets_root = os.path.abspath(
+        os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO_ROOT, "datasets"))
+    )
     dataset = ensure_synthetic_shapes(os.path.join(datasets_root, DATASET_DIRNAME))
     out = tmp_path / "abl"
     args = ["--iters", "3", "--settings", "g2_a25,anchors_1x1", *TINY]
@@ -187,16 +246,23 @@ def test_two_settings_end_to_end_then_resumed(tmp_path):
     for name, r in results.items():
         assert r["status"] == "ok" and r["iters"] == 3 and r["wall_time_s"] > 0
         assert math.isfinite(r["final_loss"]) and r["final_loss_iter"] == 2
-        # the AP of the table is the evaluator's: recompute it from the detections file the evaluator wrote
-        (ap, ap50, ap75), num_detections = _coco_eval(os.path.join(dataset, "val.json"), _detections_file(out, r))
+        # the AP of the table is the evaluator's: recompute it from the detections file the
+        # evaluator wrote
+        (ap, ap50, ap75), num_detections = _coco_eval(
+            os.path.join(dataset, "val.json"), _detections_file(out, r)
+        )
         assert num_detections > 0
         assert (r["AP"], r["AP50"], r["AP75"]) == pytest.approx((ap, ap50, ap75), abs=1e-9)
-        assert 0 < r["AP50"] <= 100  # seeded: a few detections match after 3 iterations, so the check above has teeth
+        # seeded: a few detections match after 3 iterations, so the check above has teeth
+        assert 0 < r["AP50"] <= 100
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} |" in row
         assert os.path.isfile(out / "settings" / f"{name}.json")
-        assert not os.path.exists(out / r["run_dir"] / "model_final.pth")  # checkpoints deleted by default
-    assert results["anchors_1x1"]["anchors"] == "1x1" and "[[1.0]]" in results["anchors_1x1"]["opts"]
+        # checkpoints deleted by default
+        assert not os.path.exists(out / r["run_dir"] / "model_final.pth")
+    assert (
+        results["anchors_1x1"]["anchors"] == "1x1" and "[[1.0]]" in results["anchors_1x1"]["opts"]
+    )
     # the two runs trained different models: their detections differ
     files = [_detections_file(out, r).read_bytes() for r in results.values()]
     assert files[0] != files[1]

@@ -1,4 +1,6 @@
-"""Chunked anchor labelling equals Detectron2's Matcher, holds bounded memory, and training runs without host syncs."""
+"""Chunked anchor labelling equals Detectron2's Matcher, holds bounded memory, and training runs
+without host syncs."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -20,9 +22,14 @@ def _random_boxes(n, generator, max_wh=400.0):
 
 
 def _anchor_grid(stride=32, sizes=(32.0, 64.0, 128.0, 256.0), ratios=(0.5, 1.0, 2.0)):
-    """[R, 4] anchors tiling the image (a few thousand), with exact duplicates of some boxes' shapes."""
+    """[R, 4] anchors tiling the image (a few thousand), with exact duplicates of some boxes'
+    shapes."""
     h, w = IMAGE_HW
-    ys, xs = torch.meshgrid(torch.arange(0, h, stride, dtype=torch.float32), torch.arange(0, w, stride, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(0, h, stride, dtype=torch.float32),
+        torch.arange(0, w, stride, dtype=torch.float32),
+        indexing="ij",
+    )
     centres = torch.stack([xs.flatten(), ys.flatten()], dim=1)
     cells = []
     for size in sizes:
@@ -40,7 +47,9 @@ def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_
     anchors = _anchor_grid()
     chunk_elements = anchors_per_block * num_gt
     gt = _random_boxes(num_gt, g)
-    gt[0] = anchors[123]  # an exact match (IoU 1) and, below, a duplicated box: ties in the low-quality rule
+    gt[0] = anchors[
+        123
+    ]  # an exact match (IoU 1) and, below, a duplicated box: ties in the low-quality rule
     if num_gt > 2:
         gt[1] = gt[2]
     matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=low_quality)
@@ -53,7 +62,8 @@ def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_
 
 def test_match_anchors_low_quality_ignores_boxes_that_overlap_nothing():
     anchors = _anchor_grid()
-    gt = torch.tensor([[100.0, 100.0, 300.0, 260.0], [5000.0, 5000.0, 5010.0, 5010.0]])  # the second: off the grid
+    # the second: off the grid
+    gt = torch.tensor([[100.0, 100.0, 300.0, 260.0], [5000.0, 5000.0, 5010.0, 5010.0]])
     matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
     _, labels = match_anchors(gt, anchors, matcher)
     _, without_far_box = match_anchors(gt[:1], anchors, matcher)
@@ -86,16 +96,24 @@ def test_match_anchors_never_holds_the_whole_iou_matrix():
     with LargestOutput("chunked"):
         match_anchors(gt, anchors, matcher, chunk_elements=chunk_elements)
     assert largest["matcher"] >= 500 * len(anchors)
-    # pairwise_iou's largest temporary is [G, block, 2]; the per-anchor outputs are [R] (or [R, 4] inputs)
+    # pairwise_iou's largest temporary is [G, block, 2]; the per-anchor outputs are [R] (or [R, 4]
+    # inputs)
     assert largest["chunked"] <= max(2 * chunk_elements, 4 * len(anchors)) < largest["matcher"] / 4
 
 
 # Ops that make the host wait for the device: reading a value, or shapes that depend on values.
-SYNCING_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique_dim", "aten::_unique2"}
+SYNCING_OPS = {
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::unique_dim",
+    "aten::_unique2",
+}
 
 
 class HostSyncRecorder(TorchDispatchMode):
-    """Records each op that needs a device-to-host synchronisation (boolean-mask indexing included)."""
+    """Records each op that needs a device-to-host synchronisation (boolean-mask indexing
+    included)."""
 
     def __init__(self):
         super().__init__()
@@ -103,7 +121,11 @@ class HostSyncRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
-        indices = args[1] if name in ("aten::index", "aten::index_put_", "aten::index_put") and len(args) > 1 else []
+        indices = (
+            args[1]
+            if name in ("aten::index", "aten::index_put_", "aten::index_put") and len(args) > 1
+            else []
+        )
         if name in SYNCING_OPS or any(t is not None and t.dtype == torch.bool for t in indices):
             self.calls.append(str(func))
         return func(*args, **(kwargs or {}))
@@ -112,11 +134,17 @@ class HostSyncRecorder(TorchDispatchMode):
 def _batch(small_cfg_hw=(192, 256)):
     g = torch.Generator().manual_seed(3)
     h, w = small_cfg_hw
-    boxes = torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 30.0, 250.0, 180.0], [0.0, 0.0, 40.0, 30.0]])
-    images = [torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8).float() for _ in range(2)]
+    boxes = torch.tensor(
+        [[10.0, 20.0, 90.0, 120.0], [100.0, 30.0, 250.0, 180.0], [0.0, 0.0, 40.0, 30.0]]
+    )
+    images = [
+        torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8).float() for _ in range(2)
+    ]
     instances = [
         Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 3, 1])),
-        Instances((h, w), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)),
+        Instances(
+            (h, w), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)
+        ),
     ]
     return [{"image": im, "instances": inst} for im, inst in zip(images, instances)]
 
@@ -124,10 +152,16 @@ def _batch(small_cfg_hw=(192, 256)):
 @pytest.mark.parametrize("box_loss, cls_loss", [("smooth_l1", "focal"), ("giou", "quality_focal")])
 def test_loss_computation_needs_no_host_sync(small_cfg, box_loss, cls_loss):
     """Anchor labelling, both losses and their backward run without one op that would sync a GPU."""
-    model = build_model(small_cfg(**{
-        "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": box_loss, "MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS": cls_loss,
-    }))
-    model._metrics = RecordingLogger()  # on the CPU it writes the value at once; on a GPU it defers the copy
+    model = build_model(
+        small_cfg(
+            **{
+                "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": box_loss,
+                "MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS": cls_loss,
+            }
+        )
+    )
+    # on the CPU it writes the value at once; on a GPU it defers the copy
+    model._metrics = RecordingLogger()
     batch = _batch()
     images = model.preprocess_image(batch)
     gt_instances = [x["instances"] for x in batch]
@@ -140,7 +174,7 @@ def test_loss_computation_needs_no_host_sync(small_cfg, box_loss, cls_loss):
             sum(losses.values()).backward()
     assert recorder.calls == []
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    (name, value), = model._metrics.values
+    ((name, value),) = model._metrics.values
     assert name == "num_pos_anchors" and 0 < value.item() < 100
 
 
@@ -153,13 +187,18 @@ class RecordingLogger:
 
 
 def test_host_sync_recorder_sees_the_syncs_of_detectron2_matcher():
-    """Negative control: the recorder catches what Detectron2's labelling does (boolean-mask assignment, nonzero)."""
+    """Negative control: the recorder catches what Detectron2's labelling does (boolean-mask
+    assignment, nonzero)."""
     g = torch.Generator().manual_seed(1)
     anchors, gt = _anchor_grid(), _random_boxes(5, g)
     recorder = HostSyncRecorder()
     with recorder:
-        Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)(pairwise_iou(Boxes(gt), Boxes(anchors)))
-    assert any("nonzero" in c for c in recorder.calls) and any("index_put" in c for c in recorder.calls)
+        Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)(
+            pairwise_iou(Boxes(gt), Boxes(anchors))
+        )
+    assert any("nonzero" in c for c in recorder.calls) and any(
+        "index_put" in c for c in recorder.calls
+    )
 
 
 @pytest.mark.cuda

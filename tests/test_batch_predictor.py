@@ -1,12 +1,13 @@
-"""BatchPredictor (and tools/predict.py --batch-size): DefaultPredictor's preprocessing and detections, for a list
-of images run through the model in one forward.
+"""BatchPredictor (and tools/predict.py --batch-size): DefaultPredictor's preprocessing and
+detections, for a list of images run through the model in one forward.
 
-What is true, and tested: one image alone gets exactly DefaultPredictor's detections; images of one size in a
-batch get them up to float rounding; in a batch of different sizes, the images whose padded size is the batch's
-get them too, while the smaller ones are padded further out, which changes the features near their bottom and
-right borders, so their detections can differ (measured and printed, not asserted equal). Results never depend on
-an image's position in the batch.
+What is true, and tested: one image alone gets exactly DefaultPredictor's detections; images of one
+size in a batch get them up to float rounding; in a batch of different sizes, the images whose
+padded size is the batch's get them too, while the smaller ones are padded further out, which
+changes the features near their bottom and right borders, so their detections can differ (measured
+and printed, not asserted equal). Results never depend on an image's position in the batch.
 """
+
 import importlib.util
 import json
 import os
@@ -18,7 +19,14 @@ from detectron2.engine import DefaultPredictor
 
 from retinanet_plugin import model_zoo
 from retinanet_plugin.engine import BatchPredictor
-from test_export import CONFIG, detection_differences, synthetic_predictor, val_images  # helpers beside the tests
+
+# helpers beside the tests
+from test_export import (
+    CONFIG,
+    detection_differences,
+    synthetic_predictor,
+    val_images,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = {"boxes": 1e-4, "scores": 1e-6}
@@ -26,7 +34,8 @@ TOLERANCE = {"boxes": 1e-4, "scores": 1e-6}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """Random weights that give tens of detections per synthetic image (see tests/test_export.py)."""
+    """Random weights that give tens of detections per synthetic image (see
+    tests/test_export.py)."""
     path = tmp_path_factory.mktemp("batch_predictor") / "model.pth"
     torch.save({"model": synthetic_predictor().model.state_dict()}, str(path))
     return str(path)
@@ -48,8 +57,8 @@ def predictors(checkpoint):
 
 @pytest.fixture(scope="module")
 def images():
-    """Val images 0, 2 and 3 (resized and padded alone: 192 x 192, 192 x 256, 192 x 192), and three crops of one
-    size (every val image is at least 256 x 256)."""
+    """Val images 0, 2 and 3 (resized and padded alone: 192 x 192, 192 x 256, 192 x 192), and three
+    crops of one size (every val image is at least 256 x 256)."""
     val = val_images(4)
     return {"sizes": [val[0], val[2], val[3]], "crops": [image[:256, :320] for image in val[:3]]}
 
@@ -73,13 +82,21 @@ def test_one_image_gets_exactly_the_default_predictor_detections(predictors, ima
     _, batched = predictors
     for image, alone in zip(images["sizes"][:2], expected["sizes"]):
         assert len(alone) >= 20
-        assert detection_differences([alone], instances(batched([image]))) == {"boxes": 0.0, "scores": 0.0}
+        assert detection_differences([alone], instances(batched([image]))) == {
+            "boxes": 0.0,
+            "scores": 0.0,
+        }
 
 
-def test_images_of_one_size_in_a_batch_get_the_default_predictor_detections(predictors, images, expected):
+def test_images_of_one_size_in_a_batch_get_the_default_predictor_detections(
+    predictors, images, expected
+):
     _, batched = predictors
     diff = detection_differences(expected["crops"], instances(batched(images["crops"])))
-    print(f"\nsame size, batch of 3: max |box diff| {diff['boxes']:.3g} px, max |score diff| {diff['scores']:.3g}")
+    print(
+        f"\nsame size, batch of 3: max |box diff| {diff['boxes']:.3g} px, max |score diff| "
+        f"{diff['scores']:.3g}"
+    )
     assert within_tolerance(diff), diff
 
 
@@ -90,17 +107,21 @@ def test_images_of_different_sizes(predictors, images, expected):
     divisibility = batched.model.backbone.size_divisibility
     padded = [tuple(-(-s // divisibility) * divisibility for s in p.shape[-2:]) for p in prepared]
     batch_size = tuple(max(p[i] for p in padded) for i in range(2))
-    assert 0 < sum(p == batch_size for p in padded) < len(images)  # both kinds of image are in the batch
+    # both kinds of image are in the batch
+    assert 0 < sum(p == batch_size for p in padded) < len(images)
     outputs = instances(batched(images))
     for image, pad, alone, output in zip(images, padded, expected, outputs):
         assert output.image_size == image.shape[:2]
         if pad == batch_size:  # padded as alone: the same detections
             assert within_tolerance(detection_differences([alone], [output]))
-        else:  # padded further than alone: report how much changed (a random-weight model reacts strongly)
-            print(f"\nimage padded to {pad} alone, {batch_size} in the batch: {len(alone)} -> {len(output)} "
-                  "detections")
-    # The position in the batch does not matter.
-    order = [2, 0, 1]
+        # padded further than alone: report how much changed (a random-weight model reacts strongly)
+        else:
+            print(
+                f"\nimage padded to {pad} alone, {batch_size} in the batch: {len(alone)} -> "
+                f"{len(output)} "
+                "detections"
+            )
+    order = [2, 0, 1]  # The position in the batch does not matter.
     reordered = instances(batched([images[i] for i in order]))
     assert within_tolerance(detection_differences([outputs[i] for i in order], reordered))
 
@@ -108,7 +129,10 @@ def test_images_of_different_sizes(predictors, images, expected):
 def test_rgb_models_get_the_default_predictor_detections(checkpoint):
     cfg = make_cfg(checkpoint, **{"INPUT.FORMAT": "RGB"})
     image = val_images(1)[0]
-    expected, actual = DefaultPredictor(cfg)(image)["instances"], BatchPredictor(cfg)([image])[0]["instances"]
+    expected, actual = (
+        DefaultPredictor(cfg)(image)["instances"],
+        BatchPredictor(cfg)([image])[0]["instances"],
+    )
     assert detection_differences([expected], [actual]) == {"boxes": 0.0, "scores": 0.0}
 
 
@@ -126,25 +150,56 @@ def test_bad_input_is_named(predictors, tmp_path):
 
 
 def test_predict_tool_gives_the_same_detections_for_any_batch_size(checkpoint, tmp_path):
-    spec = importlib.util.spec_from_file_location("predict", os.path.join(REPO_ROOT, "tools", "predict.py"))
+    spec = importlib.util.spec_from_file_location(
+        "predict", os.path.join(REPO_ROOT, "tools", "predict.py")
+    )
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)
     folder = tmp_path / "images"
     folder.mkdir()
     for i, image in enumerate(val_images(3)):
-        cv2.imwrite(str(folder / f"{i}.png"), image[:256, :320])  # one size: batching changes nothing
+        # one size: batching changes nothing
+        cv2.imwrite(str(folder / f"{i}.png"), image[:256, :320])
     records = {}
     for batch_size in (1, 2):
         out = tmp_path / f"out{batch_size}"
-        predict.main(["--config-file", model_zoo.get_config_file(CONFIG), "--input", str(folder), "--output",
-                      str(out), "--batch-size", str(batch_size), "--confidence-threshold", "0.05",
-                      "MODEL.WEIGHTS", checkpoint])
+        predict.main(
+            [
+                "--config-file",
+                model_zoo.get_config_file(CONFIG),
+                "--input",
+                str(folder),
+                "--output",
+                str(out),
+                "--batch-size",
+                str(batch_size),
+                "--confidence-threshold",
+                "0.05",
+                "MODEL.WEIGHTS",
+                checkpoint,
+            ]
+        )
         records[batch_size] = json.loads((out / "detections.json").read_text())
         assert len(list(out.glob("*_pred.png"))) == 3
     assert [r["file"] for r in records[1]] == [r["file"] for r in records[2]]
     for a, b in zip(records[1], records[2]):
         assert a["classes"] == b["classes"] and len(a["classes"]) >= 20
-        assert max(abs(x - y) for p, q in zip(a["boxes_xyxy"], b["boxes_xyxy"]) for x, y in zip(p, q)) <= 1e-4
+        assert (
+            max(abs(x - y) for p, q in zip(a["boxes_xyxy"], b["boxes_xyxy"]) for x, y in zip(p, q))
+            <= 1e-4
+        )
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
-        predict.main(["--config-file", model_zoo.get_config_file(CONFIG), "--input", str(folder), "--output",
-                      str(tmp_path / "bad"), "--batch-size", "0", "MODEL.WEIGHTS", checkpoint])
+        predict.main(
+            [
+                "--config-file",
+                model_zoo.get_config_file(CONFIG),
+                "--input",
+                str(folder),
+                "--output",
+                str(tmp_path / "bad"),
+                "--batch-size",
+                "0",
+                "MODEL.WEIGHTS",
+                checkpoint,
+            ]
+        )

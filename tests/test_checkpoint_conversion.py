@@ -1,11 +1,12 @@
 """Loading Detectron2 RetinaNet checkpoints into the plugin's model.
 
 A Detectron2 ``RetinaNet`` (R18, random weights) is saved as Detectron2 does it: a ``.pth`` through
-``DetectionCheckpointer.save`` and a model-zoo ``.pkl`` (``{"model": {name: ndarray}, "__author__": ...}``).
-Each is loaded (a) directly through ``DetectionCheckpointer(plugin_model).load`` and (b) through
-``tools/convert_detectron2_retinanet.py``; every weight must equal the source's and the plugin model must
-then give the source model's detections.
+``DetectionCheckpointer.save`` and a model-zoo ``.pkl`` (``{"model": {name: ndarray}, "__author__":
+...}``). Each is loaded (a) directly through ``DetectionCheckpointer(plugin_model).load`` and (b)
+through ``tools/convert_detectron2_retinanet.py``; every weight must equal the source's and the
+plugin model must then give the source model's detections.
 """
+
 import logging
 import os
 import pickle
@@ -21,7 +22,10 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import retinanet_plugin
-from retinanet_plugin.checkpoint import convert_detectron2_retinanet_state_dict, load_detectron2_checkpoint
+from retinanet_plugin.checkpoint import (
+    convert_detectron2_retinanet_state_dict,
+    load_detectron2_checkpoint,
+)
 from sane_random_weights import make_weights_sane  # a helper beside the tests
 from script_module import load_script  # a helper beside the tests
 
@@ -62,12 +66,15 @@ def inputs():
     images = []
     for height, width in ((160, 224), (192, 160)):
         low = torch.rand(1, 3, height // 8, width // 8, generator=generator)
-        images.append(torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")[0] * 255.0)
+        images.append(
+            torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")[0] * 255.0
+        )
     return [{"image": image} for image in images]
 
 
 def randomize(model, generator):
-    """Every weight random (no zero biases, no default FrozenBN statistics), outputs in a normal range."""
+    """Every weight random (no zero biases, no default FrozenBN statistics), outputs in a normal
+    range."""
     make_weights_sane(model, inputs(), generator, randomize_backbone_biases=True)
 
 
@@ -80,7 +87,8 @@ def source():
     randomize(model, torch.Generator().manual_seed(2))
     with torch.no_grad():
         detections = model(inputs())
-    assert all(len(d["instances"]) >= 50 for d in detections)  # the comparison below compares something
+    # the comparison below compares something
+    assert all(len(d["instances"]) >= 50 for d in detections)
     return model, detections
 
 
@@ -133,7 +141,11 @@ def test_converted_checkpoint_loads_and_matches(source, saved, fmt, tmp_path):
     source_model, detections = source
     output = tmp_path / "plugin.pth"
     report = convert_tool.main(["--input", saved[fmt], "--output", str(output)])
-    assert report["num_classes"] == NUM_CLASSES and report["num_anchors"] == 9 and report["num_convs"] == 4
+    assert (
+        report["num_classes"] == NUM_CLASSES
+        and report["num_anchors"] == 9
+        and report["num_convs"] == 4
+    )
     assert report["resnet_depth"] == 18 and report["res2_out_channels"] == 64
     assert report["p6p7_input"] == "res5" and report["fpn_out_channels"] == 256
     assert report["converted_from_numpy"] == (len(source_model.state_dict()) if fmt == "pkl" else 0)
@@ -156,7 +168,9 @@ def test_numpy_ddp_prefix_and_stale_entries_are_handled(source):
     # What older Detectron2 checkpoints also stored: anchors and pixel statistics (not learned).
     state["module.anchor_generator.cell_anchors.0"] = torch.zeros(9, 4).numpy()
     state["module.pixel_mean"] = torch.zeros(3, 1, 1).numpy()
-    converted, report = convert_detectron2_retinanet_state_dict({"model": state, "__author__": "someone"})
+    converted, report = convert_detectron2_retinanet_state_dict(
+        {"model": state, "__author__": "someone"}
+    )
     assert report["stripped_prefix"] == "module."
     assert set(report["dropped"]) == {"anchor_generator.cell_anchors.0", "pixel_mean"}
     assert report["converted_from_numpy"] == len(source_model.state_dict())
@@ -168,15 +182,24 @@ def test_numpy_ddp_prefix_and_stale_entries_are_handled(source):
 def test_different_class_count_skips_cls_score_with_a_warning(source, saved, tmp_path, caplog):
     source_model, _ = source
     # The conversion function: drops head.cls_score and says so.
-    with caplog.at_level(logging.WARNING, logger="retinanet_plugin.checkpoint.detectron2_conversion"):
-        converted, report = convert_detectron2_retinanet_state_dict(source_model.state_dict(), num_classes=5)
+    with caplog.at_level(
+        logging.WARNING, logger="retinanet_plugin.checkpoint.detectron2_conversion"
+    ):
+        converted, report = convert_detectron2_retinanet_state_dict(
+            source_model.state_dict(), num_classes=5
+        )
     assert all(key in caplog.text for key in CLS_SCORE_KEYS)
     assert set(report["dropped"]) == set(CLS_SCORE_KEYS) and report["num_classes"] == NUM_CLASSES
     model = plugin_model(num_classes=5)
     fresh_bias = model.head.cls_score.bias.detach().clone()
     incompatible = model.load_state_dict(converted, strict=False)
-    assert sorted(incompatible.missing_keys) == sorted(CLS_SCORE_KEYS) and not incompatible.unexpected_keys
-    assert model.head.cls_score.weight.shape[0] == 9 * 5 and torch.equal(model.head.cls_score.bias, fresh_bias)
+    assert (
+        sorted(incompatible.missing_keys) == sorted(CLS_SCORE_KEYS)
+        and not incompatible.unexpected_keys
+    )
+    assert model.head.cls_score.weight.shape[0] == 9 * 5 and torch.equal(
+        model.head.cls_score.bias, fresh_bias
+    )
     assert_same_weights(source_model, model, skip=CLS_SCORE_KEYS)
 
     # The direct path: DetectionCheckpointer skips the mismatched layer (and logs its name) too.
@@ -187,11 +210,21 @@ def test_different_class_count_skips_cls_score_with_a_warning(source, saved, tmp
     assert "head.cls_score.weight" in caplog.text
     assert_same_weights(source_model, model, skip=CLS_SCORE_KEYS)
 
-    # The tool, run as a program.
-    output = tmp_path / "five_classes.pth"
+    output = tmp_path / "five_classes.pth"  # The tool, run as a program.
     result = subprocess.run(
-        [sys.executable, str(TOOL), "--input", saved["pth"], "--output", str(output), "--num-classes", "5"],
-        capture_output=True, text=True, cwd=str(REPO),
+        [
+            sys.executable,
+            str(TOOL),
+            "--input",
+            saved["pth"],
+            "--output",
+            str(output),
+            "--num-classes",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
     )
     assert result.returncode == 0, result.stderr
     assert "head.cls_score.weight" in result.stderr  # the warning names the dropped layer
@@ -203,7 +236,10 @@ def test_different_class_count_skips_cls_score_with_a_warning(source, saved, tmp
 def test_non_retinanet_checkpoint_gives_a_clear_error(tmp_path):
     torch.manual_seed(0)
     faster_rcnn = build_model(detectron2_cfg("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
-    message = r"not a Detectron2 RetinaNet checkpoint: missing \['head.cls_score.weight'.*GeneralizedRCNN.*roi_heads"
+    message = (
+        r"not a Detectron2 RetinaNet checkpoint: missing \['head.cls_score.weight'"
+        r".*GeneralizedRCNN.*roi_heads"
+    )
     with pytest.raises(ValueError, match=message):
         convert_detectron2_retinanet_state_dict(faster_rcnn.state_dict())
 

@@ -1,4 +1,6 @@
-"""Anchors, head, anchor labelling, losses and inference of the plugin's RetinaNet on small inputs."""
+"""Anchors, head, anchor labelling, losses and inference of the plugin's RetinaNet on small
+inputs."""
+
 import math
 
 import pytest
@@ -28,12 +30,16 @@ def test_anchor_counts_sizes_and_ratios(small_cfg):
         sizes = torch.sqrt(widths * heights).view(3, 3)  # [scale, ratio]
         expected = torch.tensor([base * 2 ** (i / 3) for i in range(3)])
         torch.testing.assert_close(sizes, expected.view(3, 1).expand(3, 3), rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close((heights / widths).view(3, 3), torch.tensor([[0.5, 1.0, 2.0]] * 3), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            (heights / widths).view(3, 3), torch.tensor([[0.5, 1.0, 2.0]] * 3), rtol=1e-5, atol=1e-5
+        )
         centres = (boxes.tensor[:, :2] + boxes.tensor[:, 2:]) / 2
         stride = 8 * 2**level
-        torch.testing.assert_close(centres[9 * 1], torch.tensor([stride * 1.0, 0.0]))  # second location: next column
+        # second location: next column
+        torch.testing.assert_close(centres[9 * 1], torch.tensor([stride * 1.0, 0.0]))
         if w > 1 or h > 1:
-            assert centres.view(-1, 9, 2).std(dim=1).max() < 1e-4  # the 9 anchors of a location share its centre
+            # the 9 anchors of a location share its centre
+            assert centres.view(-1, 9, 2).std(dim=1).max() < 1e-4
 
 
 def test_anchors_equal_detectron2_default_generator(small_cfg):
@@ -55,25 +61,33 @@ def test_head_shapes_bias_and_init(small_cfg):
     for f, lg, dl in zip(features, logits, deltas):
         assert lg.shape == (2, 9 * 7, *f.shape[-2:])
         assert dl.shape == (2, 9 * 4, *f.shape[-2:])
-    assert torch.allclose(head.cls_score.bias, torch.full_like(head.cls_score.bias, -math.log(99.0)))
+    assert torch.allclose(
+        head.cls_score.bias, torch.full_like(head.cls_score.bias, -math.log(99.0))
+    )
     convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 2 * 4 + 2
     weights = torch.cat([c.weight.flatten() for c in convs])
     assert abs(weights.std().item() - 0.01) < 1e-3 and abs(weights.mean().item()) < 1e-3
     assert all(torch.all(c.bias == 0) for c in convs if c is not head.cls_score)
-    # shared across levels: the same module weights serve every level, not shared between the two subnets
+    # shared across levels: the same module weights serve every level, not shared between the two
+    # subnets
     assert head.cls_subnet[0].weight.data_ptr() != head.bbox_subnet[0].weight.data_ptr()
 
 
 def test_head_group_norm_and_num_convs(small_cfg):
-    head = build_retinanet_plugin_head(small_cfg(**{"MODEL.RETINANET.NORM": "GN", "MODEL.RETINANET.NUM_CONVS": 2}), LEVELS)
+    head = build_retinanet_plugin_head(
+        small_cfg(**{"MODEL.RETINANET.NORM": "GN", "MODEL.RETINANET.NUM_CONVS": 2}), LEVELS
+    )
     kinds = [type(m).__name__ for m in head.cls_subnet]
     assert kinds == ["Conv2d", "GroupNorm", "ReLU", "Conv2d", "GroupNorm", "ReLU"]
 
 
 def _instances(boxes, classes, size):
-    return Instances(size, gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4)),
-                     gt_classes=torch.tensor(classes, dtype=torch.int64))
+    return Instances(
+        size,
+        gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4)),
+        gt_classes=torch.tensor(classes, dtype=torch.int64),
+    )
 
 
 def _image(h=192, w=256, seed=0):
@@ -82,11 +96,13 @@ def _image(h=192, w=256, seed=0):
 
 def test_label_anchors_thresholds_and_low_quality_option(small_cfg):
     model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference"}))
-    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]])
+    anchors = torch.tensor(
+        [[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.4], [0, 0, 10, 3], [50, 50, 60, 60]]
+    )
     gt = _instances([[0, 0, 10, 10], [49, 49, 61, 70]], [3, 1], (100, 100))
     labels, boxes = model.label_anchors(anchors, [gt])
-    # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 (IoU 0.397 with gt 1, background by
-    # threshold) is gt 1's best anchor: a low-quality match
+    # IoUs with gt 0: 1.0, 0.6, 0.44, 0.3 -> fg, fg, ignore, bg; anchor 4 (IoU 0.397 with gt 1,
+    # background by threshold) is gt 1's best anchor: a low-quality match
     assert labels.tolist() == [[3, 3, -1, 5, 1]]
     torch.testing.assert_close(boxes[0, 4], torch.tensor([49.0, 49, 61, 70]))
     model.anchor_matcher.allow_low_quality_matches = False
@@ -97,7 +113,9 @@ def test_label_anchors_thresholds_and_low_quality_option(small_cfg):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_training_step_on_empty_images(small_cfg, impl):
     model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": impl}))
-    batch = [{"image": _image(seed=i), "instances": _instances([], [], (192, 256))} for i in range(2)]
+    batch = [
+        {"image": _image(seed=i), "instances": _instances([], [], (192, 256))} for i in range(2)
+    ]
     with EventStorage():
         losses = model(batch)
         sum(losses.values()).backward()
@@ -115,7 +133,10 @@ def test_training_step_with_hundreds_of_instances(small_cfg, impl):
     classes = torch.randint(0, 5, (400,), generator=g)
     model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": impl}))
     batch = [
-        {"image": _image(seed=1), "instances": _instances(boxes.tolist(), classes.tolist(), (192, 256))},
+        {
+            "image": _image(seed=1),
+            "instances": _instances(boxes.tolist(), classes.tolist(), (192, 256)),
+        },
         {"image": _image(seed=2), "instances": _instances([], [], (192, 256))},
     ]
     with EventStorage() as storage:
@@ -128,8 +149,14 @@ def test_training_step_with_hundreds_of_instances(small_cfg, impl):
 
 @pytest.mark.parametrize("mode", ["ema", "batch"])
 def test_loss_normalizer(small_cfg, mode):
-    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
-                                     "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER": mode}))
+    model = build_model(
+        small_cfg(
+            **{
+                "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
+                "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER": mode,
+            }
+        )
+    )
     got = [model._update_normalizer(torch.tensor(n)).item() for n in (40, 0, 10)]
     if mode == "batch":
         assert got == [40.0, 1.0, 10.0]
@@ -143,44 +170,73 @@ def test_loss_normalizer(small_cfg, mode):
 
 
 def test_inference_caps_thresholds_and_clips(small_cfg):
-    cfg = small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference", "TEST.DETECTIONS_PER_IMAGE": 17,
-                       "MODEL.RETINANET.SCORE_THRESH_TEST": 0.2})
+    cfg = small_cfg(
+        **{
+            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
+            "TEST.DETECTIONS_PER_IMAGE": 17,
+            "MODEL.RETINANET.SCORE_THRESH_TEST": 0.2,
+        }
+    )
     model = build_model(cfg).eval()
-    for layer in (model.head.cls_score, model.head.bbox_pred):  # scores 0.5 everywhere, boxes = anchors
+    # scores 0.5 everywhere, boxes = anchors
+    for layer in (
+        model.head.cls_score,
+        model.head.bbox_pred,
+    ):
         torch.nn.init.zeros_(layer.weight)
         torch.nn.init.zeros_(layer.bias)
     with torch.no_grad():
-        out = model([{"image": _image(160, 224), "height": 320, "width": 448}, {"image": _image(96, 128, seed=3)}])
+        out = model(
+            [
+                {"image": _image(160, 224), "height": 320, "width": 448},
+                {"image": _image(96, 128, seed=3)},
+            ]
+        )
     first, second = out[0]["instances"], out[1]["instances"]
     assert first.image_size == (320, 448) and second.image_size == (96, 128)
     for inst, (h, w) in ((first, (320, 448)), (second, (96, 128))):
         assert 0 < len(inst) <= 17
         assert torch.all(inst.scores > 0.2)
         b = inst.pred_boxes.tensor
-        assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 2] <= w) and torch.all(b[:, 1] >= 0) and torch.all(b[:, 3] <= h)
+        assert (
+            torch.all(b[:, 0] >= 0)
+            and torch.all(b[:, 2] <= w)
+            and torch.all(b[:, 1] >= 0)
+            and torch.all(b[:, 3] <= h)
+        )
         assert torch.all(inst.scores[:-1] >= inst.scores[1:])
         assert inst.pred_classes.min() >= 0 and inst.pred_classes.max() < 5
 
 
 def test_inference_leaves_the_predictions_untouched_and_both_selections_agree(small_cfg):
-    """Post-processing reads the head's outputs without changing them, and the eager selection (threshold, then
-    top-k) keeps the same detections as the export one (top-k, then threshold)."""
-    from retinanet_plugin.modeling.detection_selection import select_detections, select_detections_padded
+    """Post-processing reads the head's outputs without changing them, and the eager selection
+    (threshold, then top-k) keeps the same detections as the export one (top-k, then threshold)."""
+    from retinanet_plugin.modeling.detection_selection import (
+        DetectionSettings,
+        select_detections,
+        select_detections_padded,
+    )
 
     torch.manual_seed(0)
     model = build_model(small_cfg(**{"MODEL.RETINANET.TOPK_CANDIDATES_TEST": 50})).eval()
     with torch.no_grad():
-        images = model.preprocess_image([{"image": _image(160, 224)}, {"image": _image(160, 224, seed=3)}])
-        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
-        logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
-        logits = [l + 1.0 for l in logits]  # many pairs above the threshold (top-k truncates), few equal scores
-        anchors = model.anchor_generator(features)
-        before = [l.clone() for l in logits]
-        kwargs = dict(box2box_transform=model.box2box_transform, score_thresh=0.05, topk_candidates=50, nms_thresh=0.5,
-                      max_detections_per_image=100)
+        images = model.preprocess_image(
+            [{"image": _image(160, 224)}, {"image": _image(160, 224, seed=3)}]
+        )
+        anchors, logits, deltas = model.dense_predictions(images.tensor)
+        # Many pairs above the threshold (top-k truncates), few equal scores.
+        logits = [level + 1.0 for level in logits]
+        before = [level.clone() for level in logits]
+        kwargs = dict(
+            box2box_transform=model.box2box_transform,
+            settings=DetectionSettings(
+                score_thresh=0.05, topk_candidates=50, nms_thresh=0.5, max_detections_per_image=100
+            ),
+        )
         eager = select_detections(anchors, logits, deltas, images.image_sizes, **kwargs)
         boxes, scores, classes, counts = select_detections_padded(anchors, logits, deltas, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(before, logits))
+
     def rows(b, s, c):  # detections as sorted rows: equal scores may come in either order
         return sorted(zip(s.tolist(), c.tolist(), b.tolist()), key=lambda r: (-r[0], r[1], r[2]))
 
@@ -190,7 +246,9 @@ def test_inference_leaves_the_predictions_untouched_and_both_selections_agree(sm
         expected = rows(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
         actual = rows(boxes[i, :n], scores[i, :n], classes[i, :n])
         assert [r[:2] for r in actual] == [r[:2] for r in expected]
-        torch.testing.assert_close(torch.tensor([r[2] for r in actual]), torch.tensor([r[2] for r in expected]))
+        torch.testing.assert_close(
+            torch.tensor([r[2] for r in actual]), torch.tensor([r[2] for r in expected])
+        )
 
 
 def test_head_batch_norm_keeps_statistics_per_level(small_cfg):
@@ -200,7 +258,8 @@ def test_head_batch_norm_keeps_statistics_per_level(small_cfg):
     head.train()
     head([torch.randn(2, 256, 8, 8) * (i + 1) for i in range(5)])  # level i has std i + 1
     variances = [bn.running_var.mean().item() for bn in norm]
-    assert variances == sorted(variances) and variances[-1] - variances[0] > 0.3  # one step, momentum 0.1
+    # one step, momentum 0.1
+    assert variances == sorted(variances) and variances[-1] - variances[0] > 0.3
 
 
 def test_anchor_grid_cache_is_bounded(small_cfg):
@@ -212,21 +271,49 @@ def test_anchor_grid_cache_is_bounded(small_cfg):
 
 @pytest.mark.parametrize("loss_type", ["giou", "diou", "ciou"])
 def test_iou_box_losses_match_detectron2_dense_loss(small_cfg, loss_type):
-    """The plugin's foreground-only box loss equals Detectron2's _dense_box_regression_loss for each loss type."""
+    """The plugin's foreground-only box loss equals Detectron2's _dense_box_regression_loss for each
+    loss type."""
     from detectron2.modeling.box_regression import _dense_box_regression_loss
+    from retinanet_plugin.modeling.losses import LabelledAnchors
 
-    model = build_model(small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
-                                     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": loss_type}))
+    model = build_model(
+        small_cfg(
+            **{
+                "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference",
+                "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": loss_type,
+            }
+        )
+    )
     g = torch.Generator().manual_seed(3)
-    anchors = [Boxes(torch.tensor([[0.0, 0, 20, 20], [10, 10, 50, 40], [30, 5, 60, 70]])), Boxes(torch.tensor([[0.0, 0, 64, 64]]))]
+    anchors = [
+        Boxes(torch.tensor([[0.0, 0, 20, 20], [10, 10, 50, 40], [30, 5, 60, 70]])),
+        Boxes(torch.tensor([[0.0, 0, 64, 64]])),
+    ]
     deltas = [torch.randn(2, 3, 4, generator=g) * 0.2, torch.randn(2, 1, 4, generator=g) * 0.2]
-    gt_boxes = torch.tensor([[2.0, 1, 22, 18], [12, 8, 47, 44], [28, 6, 64, 66], [4, 2, 60, 58]]).expand(2, 4, 4).clone()
+    gt_boxes = (
+        torch.tensor([[2.0, 1, 22, 18], [12, 8, 47, 44], [28, 6, 64, 66], [4, 2, 60, 58]])
+        .expand(2, 4, 4)
+        .clone()
+    )
     foreground = torch.tensor([[True, False, True, True], [False, True, True, False]])
     flat_anchors = Boxes.cat(anchors).tensor.repeat(2, 1)  # [N * R, 4], image-major like the deltas
     flat_deltas = torch.cat(deltas, dim=1).reshape(-1, 4)
-    pred_boxes = model.box2box_transform.apply_deltas(flat_deltas, flat_anchors)
-    ours = model._box_loss(flat_anchors, flat_deltas, pred_boxes, gt_boxes.reshape(-1, 4), foreground.reshape(-1))
-    theirs = _dense_box_regression_loss(anchors, model.box2box_transform, deltas, list(gt_boxes), foreground,
-                                        box_reg_loss_type=loss_type)
+    labelled = LabelledAnchors(
+        anchors=flat_anchors,
+        deltas=flat_deltas,
+        labels=torch.zeros(8, dtype=torch.int64),
+        gt_boxes=gt_boxes.reshape(-1, 4),
+        foreground=foreground.reshape(-1),
+        box2box_transform=model.box2box_transform,
+    )
+    ours = model.box_regression_loss(labelled)
+    theirs = _dense_box_regression_loss(
+        anchors,
+        model.box2box_transform,
+        deltas,
+        list(gt_boxes),
+        foreground,
+        box_reg_loss_type=loss_type,
+    )
     assert ours.item() > 0
     torch.testing.assert_close(ours, theirs)

@@ -1,10 +1,13 @@
-"""Training on random crops of a set size of large images (Detectron2's ``INPUT.CROP``, type "absolute"): the crop
-keeps the boxes inside it (clipped to it), ignores boxes of which less than ``CROP_MIN_VISIBLE_FRACTION`` is left,
-and drops boxes outside it; through the trainer's data loader.
+"""Training on random crops of a set size of large images (Detectron2's ``INPUT.CROP``, type
+"absolute"): the crop keeps the boxes inside it (clipped to it), ignores boxes of which less than
+``CROP_MIN_VISIBLE_FRACTION`` is left, and drops boxes outside it; through the trainer's data
+loader.
 
-The test image encodes each pixel's own coordinates in its colour, so the crop's position is read back from the
-output pixels, and the expected boxes are computed from it independently of the mapper.
+The test image encodes each pixel's own coordinates in its colour, so the crop's position is read
+back from the output pixels, and the expected boxes are computed from it independently of the
+mapper.
 """
+
 import json
 
 import numpy as np
@@ -15,7 +18,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import make_small_cfg
-from retinanet_plugin.data.validation import CheckedDatasetMapper
+from retinanet_plugin.data.checked_mapper import CheckedDatasetMapper
 from retinanet_plugin.engine import RetinaNetPluginTrainer
 from retinanet_plugin.layers import focal_loss_op_available
 
@@ -24,7 +27,8 @@ H, W, CROP = 1500, 2000, 256
 
 def _coordinate_image():
     ys, xs = np.mgrid[0:H, 0:W]
-    return np.stack([xs % 256, ys % 256, (xs // 256) * 16 + ys // 256], axis=-1).astype(np.uint8)  # RGB
+    # RGB
+    return np.stack([xs % 256, ys % 256, (xs // 256) * 16 + ys // 256], axis=-1).astype(np.uint8)
 
 
 def _offset(bgr_chw):
@@ -42,10 +46,21 @@ def large_image(tmp_path_factory):
         w, h = rng.integers(20, 60, size=2)
         x, y = rng.integers(0, W - w), rng.integers(0, H - h)
         boxes.append([float(x), float(y), float(w), float(h)])
-    coco = {"images": [{"id": 1, "file_name": "large.png", "height": H, "width": W}],
-            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1 + i % 2, "bbox": b, "area": b[2] * b[3],
-                             "iscrowd": 0} for i, b in enumerate(boxes)],
-            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "large.png", "height": H, "width": W}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1 + i % 2,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": 0,
+            }
+            for i, b in enumerate(boxes)
+        ],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     (folder / "large.json").write_text(json.dumps(coco))
     yield folder, boxes
     name = f"coco:{folder / 'large.json'}"
@@ -56,10 +71,17 @@ def large_image(tmp_path_factory):
 
 def _cfg(folder, **extra):
     overrides = {
-        "MODEL.RETINANET.NUM_CLASSES": 2, "INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute",
-        "INPUT.CROP.SIZE": [CROP, CROP], "INPUT.MIN_SIZE_TRAIN": (CROP,), "INPUT.MAX_SIZE_TRAIN": CROP,
-        "INPUT.RANDOM_FLIP": "none", "DATASETS.TRAIN": (f"coco:{folder / 'large.json'}",),
-        "DATASETS.TEST": (), "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 2,
+        "MODEL.RETINANET.NUM_CLASSES": 2,
+        "INPUT.CROP.ENABLED": True,
+        "INPUT.CROP.TYPE": "absolute",
+        "INPUT.CROP.SIZE": [CROP, CROP],
+        "INPUT.MIN_SIZE_TRAIN": (CROP,),
+        "INPUT.MAX_SIZE_TRAIN": CROP,
+        "INPUT.RANDOM_FLIP": "none",
+        "DATASETS.TRAIN": (f"coco:{folder / 'large.json'}",),
+        "DATASETS.TEST": (),
+        "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.IMS_PER_BATCH": 2,
         "DATALOADER.FILTER_EMPTY_ANNOTATIONS": False,
     }
     overrides.update(extra)
@@ -96,16 +118,26 @@ def test_random_crops_keep_the_boxes_inside_and_ignore_slivers(large_image):
         image, instances = out["image"], out["instances"]
         assert tuple(image.shape) == (3, CROP, CROP)
         x0, y0 = _offset(image)
-        assert torch.equal(image.flip(0).permute(1, 2, 0), torch.from_numpy(_coordinate_image()[y0:y0 + CROP, x0:x0 + CROP]))
+        assert torch.equal(
+            image.flip(0).permute(1, 2, 0),
+            torch.from_numpy(_coordinate_image()[y0 : y0 + CROP, x0 : x0 + CROP]),
+        )
         offsets.add((x0, y0))
         gt = instances.gt_boxes.tensor
         assert (gt >= 0).all() and (gt <= CROP).all()
-        ignore = instances.gt_ignore if instances.has("gt_ignore") else torch.zeros(len(instances), dtype=torch.bool)
-        objects, ignored = _expected(boxes, x0, y0, cfg.MODEL.RETINANET_PLUGIN.CROP_MIN_VISIBLE_FRACTION)
+        ignore = (
+            instances.gt_ignore
+            if instances.has("gt_ignore")
+            else torch.zeros(len(instances), dtype=torch.bool)
+        )
+        objects, ignored = _expected(
+            boxes, x0, y0, cfg.MODEL.RETINANET_PLUGIN.CROP_MIN_VISIBLE_FRACTION
+        )
         assert sorted(gt[~ignore].tolist()) == objects and len(objects) > 0
         assert sorted(gt[ignore].tolist()) == ignored
         ignored_seen += len(ignored)
-    assert len(offsets) == 6 and ignored_seen > 0  # random positions; some objects were cut to slivers
+    # random positions; some objects were cut to slivers
+    assert len(offsets) == 6 and ignored_seen > 0
 
 
 def test_the_trainer_loader_trains_on_crops(large_image):

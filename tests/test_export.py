@@ -1,12 +1,15 @@
-"""Deployment exports (retinanet_plugin.export, tools/export_model.py): the traced TorchScript module, the
-torch.export program and the ONNX model (run by ONNX Runtime) give the eager model's detections, for batches of
-several synthetic val images and for batch sizes and image sizes other than those they were captured with.
+"""Deployment exports (retinanet_plugin.export, tools/export_model.py): the traced TorchScript
+module, the torch.export program and the ONNX model (run by ONNX Runtime) give the eager model's
+detections, for batches of several synthetic val images and for batch sizes and image sizes other
+than those they were captured with.
 
-The model is the synthetic config (R18-FPN, GN head) with sane random weights whose class logits are spread so that
-each val image gets tens of detections of every class above the default SCORE_THRESH_TEST (checked below), so the
-comparisons go through thresholding, NMS and the top-100 cut with real work to do. The images are those of the
-embedded synthetic dataset's val split, drawn in memory (the files on disk are the same images, JPEG-encoded).
+The model is the synthetic config (R18-FPN, GN head) with sane random weights whose class logits are
+spread so that each val image gets tens of detections of every class above the default
+SCORE_THRESH_TEST (checked below), so the comparisons go through thresholding, NMS and the top-100
+cut with real work to do. The images are those of the embedded synthetic dataset's val split, drawn
+in memory (the files on disk are the same images, JPEG-encoded).
 """
+
 import json
 import os
 import subprocess
@@ -38,20 +41,26 @@ from retinanet_plugin.export import (
     save_torchscript,
 )
 from retinanet_plugin.export.torchscript_export import ignore_known_tracer_warnings
-from retinanet_plugin.modeling.detection_selection import select_detections, select_detections_padded
+from retinanet_plugin.modeling.detection_selection import (
+    DetectionSettings,
+    select_detections,
+    select_detections_padded,
+)
 from sane_random_weights import make_weights_sane  # a helper beside the tests
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "synthetic/retinanet_R18_synthetic.yaml"
 NUM_VAL_IMAGES = 6
-# The sample batch the exports are captured on, and batches of another size / padded size they must also handle.
+# The sample batch the exports are captured on, and batches of another size / padded size they must
+# also handle.
 SAMPLE, OTHER_BATCHES = slice(0, 2), (slice(2, 5), slice(5, 6))
 # Traced and exported graphs run PyTorch's own kernels; ONNX Runtime has its own convolutions.
 TORCH_TOLERANCE = {"boxes": 1e-4, "scores": 1e-6}
 ONNXRUNTIME_TOLERANCE = {"boxes": 1e-3, "scores": 1e-5}
 
 
-# ------------------------------------------------------------------------------------------------ fixtures
+# ------------------------------------------------------------------------------------------------
+# fixtures
 def val_images(count=NUM_VAL_IMAGES):
     """BGR uint8 images of the synthetic val split (256-384 px sides, each its own size)."""
     params = SyntheticShapesParams()
@@ -59,8 +68,9 @@ def val_images(count=NUM_VAL_IMAGES):
 
 
 def give_detections(model, inputs):
-    """Sane random weights, with class logits spread (x2) and lowered (-0.5): about 2% of the (anchor, class) pairs
-    pass SCORE_THRESH_TEST 0.05, so every val image gets tens of detections, of all classes, after NMS."""
+    """Sane random weights, with class logits spread (x2) and lowered (-0.5): about 2% of the
+    (anchor, class) pairs pass SCORE_THRESH_TEST 0.05, so every val image gets tens of detections,
+    of all classes, after NMS."""
     make_weights_sane(model, inputs, torch.Generator().manual_seed(2))
     with torch.no_grad():
         model.head.cls_score.weight.mul_(2.0)
@@ -68,7 +78,8 @@ def give_detections(model, inputs):
 
 
 def synthetic_predictor(weights=""):
-    """A BatchPredictor of the synthetic config; without ``weights``, random weights that give detections."""
+    """A BatchPredictor of the synthetic config; without ``weights``, random weights that give
+    detections."""
     cfg = model_zoo.get_config(CONFIG)
     cfg.MODEL.WEIGHTS = weights
     torch.manual_seed(0)
@@ -90,7 +101,8 @@ def model(predictor):
 
 @pytest.fixture(scope="module")
 def inputs(predictor):
-    """Model inputs (resized as DefaultPredictor does) of the val images; outputs in the original sizes."""
+    """Model inputs (resized as DefaultPredictor does) of the val images; outputs in the original
+    sizes."""
     return [predictor.prepare(image) for image in val_images()]
 
 
@@ -98,16 +110,21 @@ def inputs(predictor):
 def eager(model, inputs):
     """The eager model's detections for each batch the tests run, keyed by the batch's slice."""
     with torch.no_grad():
-        return {(s.start, s.stop): [o["instances"] for o in model(inputs[s])] for s in (SAMPLE, *OTHER_BATCHES)}
+        return {
+            (s.start, s.stop): [o["instances"] for o in model(inputs[s])]
+            for s in (SAMPLE, *OTHER_BATCHES)
+        }
 
 
 def batch(model, inputs, part):
     return batch_from_inputs(inputs[part], ExportableRetinaNet(model).size_divisibility)
 
 
-# ----------------------------------------------------------------------------------------------- comparisons
+# -----------------------------------------------------------------------------------------------
+# comparisons
 def detection_differences(expected, actual):
-    """Max |box| and |score| differences; counts, classes and output sizes must match exactly (in score order)."""
+    """Max |box| and |score| differences; counts, classes and output sizes must match exactly (in
+    score order)."""
     boxes, scores = 0.0, 0.0
     assert len(expected) == len(actual)
     for e, a in zip(expected, actual):
@@ -121,37 +138,54 @@ def detection_differences(expected, actual):
 
 
 def check_runner(runner, model, inputs, eager, tolerance, name):
-    """``runner`` (an exported model) on the sample batch and on batches of other sizes equals eager mode."""
+    """``runner`` (an exported model) on the sample batch and on batches of other sizes equals eager
+    mode."""
     for part in (SAMPLE, *OTHER_BATCHES):
         args = batch(model, inputs, part)
         with torch.no_grad():
             outputs = runner(*args)
-        assert [tuple(o.shape) for o in outputs] == [(len(args[0]), 100, 4), (len(args[0]), 100), (len(args[0]), 100),
-                                                    (len(args[0]),)]
-        diff = detection_differences(eager[part.start, part.stop], padded_detections_to_instances(outputs, args[2]))
-        print(f"\n[{name}] batch {tuple(args[0].shape)}: detections {outputs[3].tolist()}, max |box diff| "
-              f"{diff['boxes']:.3g} px, max |score diff| {diff['scores']:.3g}")
+        assert [tuple(o.shape) for o in outputs] == [
+            (len(args[0]), 100, 4),
+            (len(args[0]), 100),
+            (len(args[0]), 100),
+            (len(args[0]),),
+        ]
+        diff = detection_differences(
+            eager[part.start, part.stop], padded_detections_to_instances(outputs, args[2])
+        )
+        print(
+            f"\n[{name}] batch {tuple(args[0].shape)}: detections {outputs[3].tolist()}, max |box "
+            "diff| "
+            f"{diff['boxes']:.3g} px, max |score diff| {diff['scores']:.3g}"
+        )
         assert diff["boxes"] <= tolerance["boxes"] and diff["scores"] <= tolerance["scores"], diff
 
 
-# ---------------------------------------------------------------------------------------------------- tests
+# --------------------------------------------------------------------------------------------------
+# tests
 def test_eager_detections_are_meaningful(eager):
-    """The weights give something to compare: tens of detections per image, several classes, scores spread."""
-    for instances in eager[SAMPLE.start, SAMPLE.stop] + eager[OTHER_BATCHES[0].start, OTHER_BATCHES[0].stop]:
+    """The weights give something to compare: tens of detections per image, several classes, scores
+    spread."""
+    for instances in (
+        eager[SAMPLE.start, SAMPLE.stop] + eager[OTHER_BATCHES[0].start, OTHER_BATCHES[0].stop]
+    ):
         assert len(instances) >= 20
         assert len(set(instances.pred_classes.tolist())) >= 3
         assert float(instances.scores.min()) > 0.05 and float(instances.scores.max()) > 0.15
 
 
 def test_exportable_module_equals_the_model_in_eager_mode(model, inputs, eager):
-    """ExportableRetinaNet (padded batch, fixed-size selection, resizing) run eagerly gives the model's detections
-    bit for bit: the same candidates, NMS decisions, order, rescaling, clipping and empty-box removal."""
+    """ExportableRetinaNet (padded batch, fixed-size selection, resizing) run eagerly gives the
+    model's detections bit for bit: the same candidates, NMS decisions, order, rescaling, clipping
+    and empty-box removal."""
     exportable = ExportableRetinaNet(model)
     for part in (SAMPLE, *OTHER_BATCHES):
         args = batch(model, inputs, part)
         with torch.no_grad():
             outputs = exportable(*args)
-        diff = detection_differences(eager[part.start, part.stop], padded_detections_to_instances(outputs, args[2]))
+        diff = detection_differences(
+            eager[part.start, part.stop], padded_detections_to_instances(outputs, args[2])
+        )
         assert diff == {"boxes": 0.0, "scores": 0.0}
         # padding rows after each image's detections
         for i, n in enumerate(outputs[3].tolist()):
@@ -170,11 +204,17 @@ def test_exportable_module_rejects_bad_input(model):
 
 
 def test_traced_anchors_follow_the_image_size(model):
-    """The anchor generator's cache is bypassed while tracing: a trace made at one size gives another size's anchors."""
+    """The anchor generator's cache is bypassed while tracing: a trace made at one size gives
+    another size's anchors."""
     generator = model.anchor_generator
-    shapes = {"small": [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)], "large": [(40, 24), (20, 12), (10, 6), (5, 3), (3, 2)]}
+    shapes = {
+        "small": [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)],
+        "large": [(40, 24), (20, 12), (10, 6), (5, 3), (3, 2)],
+    }
     features = {k: [torch.zeros(1, 1, h, w) for h, w in v] for k, v in shapes.items()}
-    traced = torch.jit.trace(lambda *f: tuple(b.tensor for b in generator(list(f))), tuple(features["small"]))
+    traced = torch.jit.trace(
+        lambda *f: tuple(b.tensor for b in generator(list(f))), tuple(features["small"])
+    )
     for size in ("small", "large"):
         eager = generator(features[size])
         for a, b in zip(traced(*features[size]), eager):
@@ -190,7 +230,9 @@ def test_torchscript_trace_equals_eager_for_other_batches_and_sizes(model, input
 
 
 @pytest.mark.slow  # torch.export of the whole model: about 20 s on 2 cores
-def test_torch_export_program_equals_eager_for_other_batches_and_sizes(model, inputs, eager, tmp_path):
+def test_torch_export_program_equals_eager_for_other_batches_and_sizes(
+    model, inputs, eager, tmp_path
+):
     program = export_program(model, batch(model, inputs, SAMPLE))
     path = str(tmp_path / "model.pt2")
     save_program(program, path)
@@ -202,10 +244,13 @@ def test_export_program_needs_a_batch_of_two(model, inputs):
         export_program(model, batch(model, inputs, slice(0, 1)))
 
 
+# the dynamo exporter takes about a minute on 2 cores
 @pytest.mark.parametrize(
     "exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
-)  # the dynamo exporter takes about a minute on 2 cores
-def test_onnx_in_onnxruntime_equals_eager_for_other_batches_and_sizes(model, inputs, eager, tmp_path, exporter):
+)
+def test_onnx_in_onnxruntime_equals_eager_for_other_batches_and_sizes(
+    model, inputs, eager, tmp_path, exporter
+):
     import onnx
 
     serialized = export_onnx(model, batch(model, inputs, SAMPLE), exporter=exporter)
@@ -216,18 +261,25 @@ def test_onnx_in_onnxruntime_equals_eager_for_other_batches_and_sizes(model, inp
         "NonMaxSuppression" in {n.op_type for n in f.node} for f in onnx.load(path).functions
     )
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
-    assert all(isinstance(d, str) for d in dims[0][:1] + dims[0][2:])  # batch, height and width are dynamic
-    check_runner(OnnxRuntimeDetector(path), model, inputs, eager, ONNXRUNTIME_TOLERANCE, f"onnx ({exporter})")
+    # batch, height and width are dynamic
+    assert all(isinstance(d, str) for d in dims[0][:1] + dims[0][2:])
+    check_runner(
+        OnnxRuntimeDetector(path), model, inputs, eager, ONNXRUNTIME_TOLERANCE, f"onnx ({exporter})"
+    )
 
 
-# ------------------------------------------------------------------------- the selection and resizing steps alone
+# ------------------------------------------------------------------------- the selection and
+# resizing steps alone
 def random_dense_predictions(num_images=3, num_classes=4, level_sizes=(300, 80, 20), seed=0):
-    """Anchors, logits and deltas for a few levels: image 0 has some pairs above 0.05, image 1 none, image 2 very
-    many (more detections than the cap); further images are like image 0."""
+    """Anchors, logits and deltas for a few levels: image 0 has some pairs above 0.05, image 1 none,
+    image 2 very many (more detections than the cap); further images are like image 0."""
     g = torch.Generator().manual_seed(seed)
     anchors, logits, deltas = [], [], []
     for r in level_sizes:
-        centres, sizes = torch.rand(r, 2, generator=g) * 256, 8 + torch.rand(r, 2, generator=g) * 120
+        centres, sizes = (
+            torch.rand(r, 2, generator=g) * 256,
+            8 + torch.rand(r, 2, generator=g) * 120,
+        )
         anchors.append(Boxes(torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)))
         level = torch.randn(num_images, r, num_classes, generator=g) - 5.5
         level[1] = -20.0
@@ -237,19 +289,27 @@ def random_dense_predictions(num_images=3, num_classes=4, level_sizes=(300, 80, 
     return anchors, logits, deltas
 
 
-SELECTION = dict(box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)), score_thresh=0.05, topk_candidates=50,
-                 nms_thresh=0.5, max_detections_per_image=30)
+SELECTION = dict(
+    box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
+    settings=DetectionSettings(
+        score_thresh=0.05, topk_candidates=50, nms_thresh=0.5, max_detections_per_image=30
+    ),
+)
 
 
 def eager_selection(anchors, logits, deltas):
-    return select_detections(anchors, logits, deltas, [(256, 256)] * logits[0].shape[0], **SELECTION)
+    return select_detections(
+        anchors, logits, deltas, [(256, 256)] * logits[0].shape[0], **SELECTION
+    )
 
 
 class PaddedSelection(torch.nn.Module):
     """select_detections_padded as a module of tensors, to capture it alone."""
 
     def forward(self, a0, a1, a2, l0, l1, l2, d0, d1, d2):
-        return select_detections_padded([Boxes(a0), Boxes(a1), Boxes(a2)], [l0, l1, l2], [d0, d1, d2], **SELECTION)
+        return select_detections_padded(
+            [Boxes(a0), Boxes(a1), Boxes(a2)], [l0, l1, l2], [d0, d1, d2], **SELECTION
+        )
 
 
 def as_instances(outputs):
@@ -259,15 +319,17 @@ def as_instances(outputs):
 def test_padded_selection_equals_eager_selection_with_empty_and_capped_images():
     anchors, logits, deltas = random_dense_predictions()
     expected = eager_selection(anchors, logits, deltas)
-    assert [len(e) for e in expected][1] == 0 and len(expected[2]) == 30 and 0 < len(expected[0]) < 30
+    assert (
+        [len(e) for e in expected][1] == 0 and len(expected[2]) == 30 and 0 < len(expected[0]) < 30
+    )
     actual = as_instances(select_detections_padded(anchors, logits, deltas, **SELECTION))
     assert detection_differences(expected, actual) == {"boxes": 0.0, "scores": 0.0}
 
 
 @pytest.mark.parametrize("capture", ["trace", "export"])
 def test_captured_padded_selection_handles_batches_without_any_detection(capture):
-    """Captured on ordinary inputs, the graph must still run where no pair passes the threshold (nothing reaches
-    NMS) and where a batch of another size has images over the cap."""
+    """Captured on ordinary inputs, the graph must still run where no pair passes the threshold
+    (nothing reaches NMS) and where a batch of another size has images over the cap."""
     anchors, logits, deltas = random_dense_predictions()
     args = [a.tensor for a in anchors] + logits + deltas
     with torch.no_grad(), warnings.catch_warnings():
@@ -277,23 +339,41 @@ def test_captured_padded_selection_handles_batches_without_any_detection(capture
         else:
             batch_dim = torch.export.Dim("batch", min=1)
             shapes = [None] * 3 + [{0: batch_dim}] * 6
-            captured = torch.export.export(PaddedSelection(), tuple(args), dynamic_shapes=shapes, strict=False).module()
+            captured = torch.export.export(
+                PaddedSelection(), tuple(args), dynamic_shapes=shapes, strict=False
+            ).module()
     none_above = [a.tensor for a in anchors] + [torch.full_like(x, -20.0) for x in logits] + deltas
     outputs = captured(*none_above)
     assert outputs[3].tolist() == [0, 0, 0] and (outputs[2] == -1).all()
     other_anchors, other_logits, other_deltas = random_dense_predictions(num_images=5, seed=1)
     other = [a.tensor for a in other_anchors] + other_logits + other_deltas
     expected = eager_selection(other_anchors, other_logits, other_deltas)
-    assert detection_differences(expected, as_instances(captured(*other))) == {"boxes": 0.0, "scores": 0.0}
+    assert detection_differences(expected, as_instances(captured(*other))) == {
+        "boxes": 0.0,
+        "scores": 0.0,
+    }
 
 
 def test_resize_padded_detections_matches_detector_postprocess():
-    """Scaling to the output size, clipping and dropping the boxes left empty (here, boxes outside the image)."""
+    """Scaling to the output size, clipping and dropping the boxes left empty (here, boxes outside
+    the image)."""
     image_sizes, output_sizes = [(200, 150), (120, 160)], [(401, 299), (120, 160)]
-    boxes = torch.tensor([
-        [[10.0, 20.0, 50.0, 60.0], [160.0, 10.0, 170.0, 30.0], [-5.0, -5.0, 40.5, 199.7], [0.0, 0.0, 0.0, 0.0]],
-        [[165.0, 100.0, 170.0, 130.0], [1.0, 2.0, 3.0, 4.0], [100.0, 119.9, 110.0, 140.0], [0.0, 0.0, 0.0, 0.0]],
-    ])
+    boxes = torch.tensor(
+        [
+            [
+                [10.0, 20.0, 50.0, 60.0],
+                [160.0, 10.0, 170.0, 30.0],
+                [-5.0, -5.0, 40.5, 199.7],
+                [0.0, 0.0, 0.0, 0.0],
+            ],
+            [
+                [165.0, 100.0, 170.0, 130.0],
+                [1.0, 2.0, 3.0, 4.0],
+                [100.0, 119.9, 110.0, 140.0],
+                [0.0, 0.0, 0.0, 0.0],
+            ],
+        ]
+    )
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.0], [0.6, 0.5, 0.4, 0.0]])
     classes = torch.tensor([[0, 1, 2, -1], [3, 4, 0, -1]])
     num = torch.tensor([3, 3])
@@ -302,19 +382,30 @@ def test_resize_padded_detections_matches_detector_postprocess():
     )
     expected = []
     for i in range(2):
-        instances = Instances(image_sizes[i], pred_boxes=Boxes(boxes[i, :3].clone()), scores=scores[i, :3],
-                              pred_classes=classes[i, :3])
+        instances = Instances(
+            image_sizes[i],
+            pred_boxes=Boxes(boxes[i, :3].clone()),
+            scores=scores[i, :3],
+            pred_classes=classes[i, :3],
+        )
         expected.append(detector_postprocess(instances, *output_sizes[i]))
-    assert [len(e) for e in expected] == [2, 2]  # one box of each image lies outside it once clipped
-    assert detection_differences(expected, padded_detections_to_instances(outputs, torch.tensor(output_sizes))) == {
-        "boxes": 0.0, "scores": 0.0}
+    assert [len(e) for e in expected] == [
+        2,
+        2,
+    ]  # one box of each image lies outside it once clipped
+    assert detection_differences(
+        expected, padded_detections_to_instances(outputs, torch.tensor(output_sizes))
+    ) == {"boxes": 0.0, "scores": 0.0}
 
 
-# ------------------------------------------------------------------------------------------------ the export tool
+# ------------------------------------------------------------------------------------------------
+# the export tool
 def load_export_tool():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("export_model", os.path.join(REPO_ROOT, "tools", "export_model.py"))
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(REPO_ROOT, "tools", "export_model.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -331,10 +422,26 @@ def checkpoint(model, tmp_path_factory):
 def test_export_tool_writes_and_verifies_every_format(checkpoint, tmp_path, model, inputs):
     out = tmp_path / "exported"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "export_model.py"), "--config-file",
-         model_zoo.get_config_file(CONFIG), "--format", "all", "--onnx-exporter", "torchscript",
-         "--output", str(out), "--batch-size", "3", "MODEL.WEIGHTS", checkpoint],
-        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "tools", "export_model.py"),
+            "--config-file",
+            model_zoo.get_config_file(CONFIG),
+            "--format",
+            "all",
+            "--onnx-exporter",
+            "torchscript",
+            "--output",
+            str(out),
+            "--batch-size",
+            "3",
+            "MODEL.WEIGHTS",
+            checkpoint,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     print(proc.stdout)
@@ -343,7 +450,12 @@ def test_export_tool_writes_and_verifies_every_format(checkpoint, tmp_path, mode
     for entry in info["files"].values():
         verification = entry["verification"]
         assert verification["ok"] and min(n for n, _ in verification["detections"]) >= 20
-    assert sorted(os.listdir(out)) == ["export_info.json", "model.onnx", "model.pt2", "model.ts"]  # nothing else
+    assert sorted(os.listdir(out)) == [
+        "export_info.json",
+        "model.onnx",
+        "model.pt2",
+        "model.ts",
+    ]  # nothing else
     # The written file is a working model: same detections as the model from the checkpoint.
     traced = load_torchscript(str(out / "model.ts"))
     args = batch(model, inputs, OTHER_BATCHES[0])
@@ -360,23 +472,49 @@ def test_export_tool_writes_and_verifies_every_format(checkpoint, tmp_path, mode
         (["--format", "tflite"], "unknown --format 'tflite'"),
         (["--format", "export", "--batch-size", "1"], "--batch-size must be >= 2"),
         (["--format", "onnx"], "MODEL.WEIGHTS is empty"),
-        (["--format", "onnx", "MODEL.WEIGHTS", "/nonexistent/m.pth"], "MODEL.WEIGHTS '/nonexistent/m.pth' does not"),
+        (
+            ["--format", "onnx", "MODEL.WEIGHTS", "/nonexistent/m.pth"],
+            "MODEL.WEIGHTS '/nonexistent/m.pth' does not",
+        ),
     ],
 )
 def test_export_tool_names_bad_input(argv, message, tmp_path):
     tool = load_export_tool()
     with pytest.raises(tool.ExportError, match=message.replace("(", "\\(")):
-        tool.main(["--config-file", model_zoo.get_config_file(CONFIG), "--output", str(tmp_path / "out"), *argv])
+        tool.main(
+            [
+                "--config-file",
+                model_zoo.get_config_file(CONFIG),
+                "--output",
+                str(tmp_path / "out"),
+                *argv,
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_export_tool_reports_a_missing_weights_file_without_a_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "export_model.py"), "--config-file",
-         model_zoo.get_config_file(CONFIG), "--format", "all", "--output", str(tmp_path / "out"),
-         "MODEL.WEIGHTS", str(tmp_path / "missing.pth")],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "tools", "export_model.py"),
+            "--config-file",
+            model_zoo.get_config_file(CONFIG),
+            "--format",
+            "all",
+            "--output",
+            str(tmp_path / "out"),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "missing.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 2
-    assert f"export_model.py: error: MODEL.WEIGHTS '{tmp_path / 'missing.pth'}' does not exist" in proc.stderr
+    assert (
+        f"export_model.py: error: MODEL.WEIGHTS '{tmp_path / 'missing.pth'}' does not exist"
+        in proc.stderr
+    )
     assert "Traceback" not in proc.stderr

@@ -1,14 +1,15 @@
-"""faster-coco-eval gives pycocotools' AP, and the trainer's evaluator uses it (falling back to pycocotools).
+"""faster-coco-eval gives pycocotools' AP, and the trainer's evaluator uses it (falling back to
+pycocotools).
 
-Equality is checked on every COCO metric (the 12 ``stats``: AP at IoU .5:.95/.5/.75, by area, AR at 1/10/100) and on
-every per-category AP, within 1e-4, on two problems: the synthetic val set's ground truth (100 images, rendered
-in memory, as ``val.json`` holds them) with generated detections, and a generated set of 2,000 images with 100
-detections each (``benchmarks/coco_eval_data.py``: crowd regions, non-contiguous category ids, all area ranges,
-tied scores). ``benchmarks/bench_coco_eval.py`` measures the time.
+Equality is checked on every COCO metric (the 12 ``stats``: AP at IoU .5:.95/.5/.75, by area, AR at
+1/10/100) and on every per-category AP, within 1e-4, on two problems: the synthetic val set's ground
+truth (100 images, rendered in memory, as ``val.json`` holds them) with generated detections, and a
+generated set of 2,000 images with 100 detections each (``benchmarks/coco_eval_data.py``: crowd
+regions, non-contiguous category ids, all area ranges, tied scores).
+``benchmarks/bench_coco_eval.py`` measures the time.
 """
+
 import logging
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -22,28 +23,38 @@ from retinanet_plugin.data.synthetic_shapes import (
     SyntheticShapesParams,
     render_synthetic_image,
 )
-from retinanet_plugin.evaluation import PluginCOCOEvaluator, coco_ap_summary, coco_backend, run_coco_eval
+from retinanet_plugin.evaluation import (
+    PluginCOCOEvaluator,
+    coco_ap_summary,
+    coco_backend,
+    run_coco_eval,
+)
 from retinanet_plugin.evaluation.coco_backend import resolve_coco_backend
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-sys.path.insert(0, BENCHMARKS)
-try:
-    from coco_eval_data import detections_from_ground_truth, generated_detection_problem
-finally:
-    sys.path.remove(BENCHMARKS)
+import sane_random_weights  # noqa: F401  (makes the benchmarks package importable)
+from benchmarks.coco_eval_data import detections_from_ground_truth, generated_detection_problem
 
-pytestmark = pytest.mark.skipif(not coco_backend.fast_coco_eval_available(), reason="faster-coco-eval not installed")
+pytestmark = pytest.mark.skipif(
+    not coco_backend.fast_coco_eval_available(), reason="faster-coco-eval not installed"
+)
 TOLERANCE = 1e-4
 
 
 def synthetic_val_coco():
-    """The synthetic val split's COCO dict (images, annotations, categories as ``val.json`` has them)."""
+    """The synthetic val split's COCO dict (images, annotations, categories as ``val.json`` has
+    them)."""
     params = SyntheticShapesParams()
     images, annotations = [], []
     for index in range(params.num_images("val")):
         image, objects = render_synthetic_image(params, "val", index)
-        images.append({"id": index + 1, "file_name": f"{index:06d}.jpg", "height": image.shape[0],
-                       "width": image.shape[1]})
+        images.append(
+            {
+                "id": index + 1,
+                "file_name": f"{index:06d}.jpg",
+                "height": image.shape[0],
+                "width": image.shape[1],
+            }
+        )
         for obj in objects:
             annotations.append(dict(obj, id=len(annotations) + 1, image_id=index + 1, iscrowd=0))
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_SHAPES_CLASSES)]
@@ -62,7 +73,10 @@ def assert_same_ap(gt, results):
     for key in fast_summary:
         assert abs(fast_summary[key] - slow_summary[key]) <= 100 * TOLERANCE, key
     # the summary read from the precision array is what summarize() reports
-    assert abs(slow_summary["AP"] - 100 * slow_stats[0]) <= 1e-9 and abs(slow_summary["APl"] - 100 * slow_stats[5]) <= 1e-9
+    assert (
+        abs(slow_summary["AP"] - 100 * slow_stats[0]) <= 1e-9
+        and abs(slow_summary["APl"] - 100 * slow_stats[5]) <= 1e-9
+    )
     return slow_stats
 
 
@@ -95,9 +109,24 @@ def val_dataset():
         by_image.setdefault(a["image_id"], []).append(a)
     from detectron2.structures import BoxMode
 
-    dicts = [{"file_name": im["file_name"], "image_id": im["id"], "height": im["height"], "width": im["width"],
-              "annotations": [{"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": a["category_id"] - 1,
-                               "iscrowd": 0} for a in by_image.get(im["id"], [])]} for im in gt["images"]]
+    dicts = [
+        {
+            "file_name": im["file_name"],
+            "image_id": im["id"],
+            "height": im["height"],
+            "width": im["width"],
+            "annotations": [
+                {
+                    "bbox": a["bbox"],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "category_id": a["category_id"] - 1,
+                    "iscrowd": 0,
+                }
+                for a in by_image.get(im["id"], [])
+            ],
+        }
+        for im in gt["images"]
+    ]
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(thing_classes=list(SYNTHETIC_SHAPES_CLASSES))
     yield name, gt
@@ -121,17 +150,27 @@ def _evaluate(evaluator, gt, results):
     return evaluator.evaluate()["bbox"]
 
 
-def test_the_trainer_evaluates_with_faster_coco_eval_and_class_names(val_dataset, tmp_path, small_cfg):
+def test_the_trainer_evaluates_with_faster_coco_eval_and_class_names(
+    val_dataset, tmp_path, small_cfg
+):
     from retinanet_plugin.engine import RetinaNetPluginTrainer
 
     name, gt = val_dataset
     cfg = small_cfg(OUTPUT_DIR=str(tmp_path))
     evaluator = RetinaNetPluginTrainer.build_evaluator(cfg, name)
-    assert isinstance(evaluator, PluginCOCOEvaluator) and evaluator.coco_backend.name == "faster_coco_eval"
+    assert (
+        isinstance(evaluator, PluginCOCOEvaluator)
+        and evaluator.coco_backend.name == "faster_coco_eval"
+    )
     results = detections_from_ground_truth(gt, detections_per_image=30, seed=2)
     fast = _evaluate(evaluator, gt, results)
-    slow = _evaluate(PluginCOCOEvaluator(name, output_dir=str(tmp_path / "slow"), backend="pycocotools"), gt, results)
-    assert {f"AP-{c}" for c in SYNTHETIC_SHAPES_CLASSES} <= set(fast)  # class names reach the AP table
+    slow = _evaluate(
+        PluginCOCOEvaluator(name, output_dir=str(tmp_path / "slow"), backend="pycocotools"),
+        gt,
+        results,
+    )
+    # class names reach the AP table
+    assert {f"AP-{c}" for c in SYNTHETIC_SHAPES_CLASSES} <= set(fast)
     assert fast.keys() == slow.keys()
     for key in fast:
         assert abs(fast[key] - slow[key]) <= 100 * TOLERANCE, key
@@ -144,7 +183,11 @@ def test_without_faster_coco_eval_pycocotools_is_used_with_one_log_line(monkeypa
     with caplog.at_level(logging.INFO, logger="retinanet_plugin"):
         first, second = resolve_coco_backend(), resolve_coco_backend("auto")
     assert first.name == second.name == "pycocotools"
-    lines = [r.getMessage() for r in caplog.records if "faster-coco-eval is not installed" in r.getMessage()]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "faster-coco-eval is not installed" in r.getMessage()
+    ]
     assert len(lines) == 1 and "pycocotools" in lines[0]
     with pytest.raises(ImportError, match="pip install faster-coco-eval==1.8.0"):
         resolve_coco_backend("faster_coco_eval")

@@ -1,9 +1,11 @@
-"""Faults during training: a save that fails midway, a run killed (SIGKILL) while saving and resumed, two CPU
-workers against one, one worker raising, and a 200-iteration soak on hostile boxes.
+"""Faults during training: a save that fails midway, a run killed (SIGKILL) while saving and
+resumed, two CPU workers against one, one worker raising, and a 200-iteration soak on hostile boxes.
 
-The multi-process and soak runs go through tests/instrumented_train_net.py: train_net.py plus per-iteration records
-(loss terms, resident memory) and an injected fault, so that curves can be compared iteration by iteration.
+The multi-process and soak runs go through tests/instrumented_train_net.py: train_net.py plus
+per-iteration records (loss terms, resident memory) and an injected fault, so that curves can be
+compared iteration by iteration.
 """
+
 import json
 import math
 import os
@@ -36,16 +38,18 @@ def _tail(text, n=4000):
     return text[-n:]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A save that fails midway (in-process, deterministic)
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
-def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_tag_intact(tmp_path, monkeypatch):
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_tag_intact(
+    tmp_path, monkeypatch
+):
     from detectron2.modeling import build_model
 
     from conftest import make_small_cfg
-    from retinanet_plugin.engine import CheckedDetectionCheckpointer
+    from retinanet_plugin.checkpoint import CheckedDetectionCheckpointer
 
     cfg = make_small_cfg(**{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": "reference"})
     cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RETINANET.NUM_CONVS = 32, 1
@@ -68,7 +72,10 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_tag_intact(
         checkpointer.save("model_0000003", iteration=3)
     monkeypatch.setattr(torch, "save", real_save)
 
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # no tmp file, no partial file
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+    ]  # no tmp file, no partial file
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
 
@@ -86,33 +93,67 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_tag_intact(
     monkeypatch.setattr(os, "replace", real_replace)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
-    assert torch.load(tmp_path / "model_0000005.pth", weights_only=False)["iteration"] == 5  # complete, untagged
+    # complete, untagged
+    assert torch.load(tmp_path / "model_0000005.pth", weights_only=False)["iteration"] == 5
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Kill (SIGKILL) while saving, then --resume
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 KILL_RUN = [
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.STEPS", "(8,)", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST",
-    "128", "INPUT.MAX_SIZE_TEST", "192", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.MAX_ITER",
+    "12",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "3",
+    "SOLVER.WARMUP_ITERS",
+    "2",
+    "SOLVER.STEPS",
+    "(8,)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "192",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "192",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "TEST.EVAL_PERIOD",
+    "0",
 ]
 
 
 def _kill_while_saving(out_dir, datasets_root, timeout=300):
-    """Start train_net.py; once a first checkpoint is tagged, SIGKILL it as soon as the temporary file of a later
-    save appears. Returns (log, whether a temporary file was left, i.e. the kill landed inside a save)."""
+    """Start train_net.py; once a first checkpoint is tagged, SIGKILL it as soon as the temporary
+    file of a later save appears. Returns (log, whether a temporary file was left, i.e. the kill
+    landed inside a save)."""
     log_path = out_dir.parent / (out_dir.name + ".log")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "train_net.py", "--config-file", CONFIG, *KILL_RUN, "OUTPUT_DIR", str(out_dir)],
-            cwd=REPO_ROOT, env=_env(datasets_root), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "train_net.py",
+                "--config-file",
+                CONFIG,
+                *KILL_RUN,
+                "OUTPUT_DIR",
+                str(out_dir),
+            ],
+            cwd=REPO_ROOT,
+            env=_env(datasets_root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout
         try:
             while True:
-                assert proc.poll() is None, "the run ended before it could be killed:\n" + _tail(log_path.read_text())
+                assert proc.poll() is None, "the run ended before it could be killed:\n" + _tail(
+                    log_path.read_text()
+                )
                 assert time.time() < deadline, "no second checkpoint save within the timeout"
                 if (out_dir / "last_checkpoint").exists() and any(
                     f.startswith(".tmp-model_") for f in os.listdir(out_dir)
@@ -147,14 +188,17 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
     _, killed_inside_a_save = _kill_while_saving(out, datasets_root)
     print(f"killed inside a save: {killed_inside_a_save}")
 
-    # nothing half-written under a checkpoint's name: the tag names a complete checkpoint, every .pth loads
+    # nothing half-written under a checkpoint's name: the tag names a complete checkpoint, every
+    # .pth loads
     tagged = (out / "last_checkpoint").read_text().strip()
     checkpoint = torch.load(out / tagged, map_location="cpu", weights_only=False)
     resumed_from = checkpoint["iteration"]
     assert tagged == f"model_{resumed_from:07d}.pth" and resumed_from >= 2
     for name in os.listdir(out):
         if name.endswith(".pth"):
-            assert "iteration" in torch.load(out / name, map_location="cpu", weights_only=False), name
+            assert "iteration" in torch.load(out / name, map_location="cpu", weights_only=False), (
+                name
+            )
 
     # what the resumed trainer loads is exactly what the checkpoint holds
     register_synthetic_shapes(str(datasets_root / DATASET_DIRNAME))
@@ -164,15 +208,24 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
     finally:
         register_synthetic_shapes()
     assert trainer.start_iter == resumed_from + 1
-    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")], "resume removes a killed save's temporary file"
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")], (
+        "resume removes a killed save's temporary file"
+    )
     saved_optimizer = checkpoint["trainer"]["_trainer"]["optimizer"]
     loaded_optimizer = trainer.optimizer.state_dict()
     assert loaded_optimizer["param_groups"] == saved_optimizer["param_groups"]
-    assert saved_optimizer["state"].keys() == loaded_optimizer["state"].keys() and saved_optimizer["state"]
-    for index, state in saved_optimizer["state"].items():  # momentum buffers (SGD) or moments and steps (AdamW)
+    assert (
+        saved_optimizer["state"].keys() == loaded_optimizer["state"].keys()
+        and saved_optimizer["state"]
+    )
+    for index, state in saved_optimizer[
+        "state"
+    ].items():  # momentum buffers (SGD) or moments and steps (AdamW)
         assert state.keys() == loaded_optimizer["state"][index].keys(), index
         for key, value in state.items():
-            assert torch.equal(torch.as_tensor(loaded_optimizer["state"][index][key]), torch.as_tensor(value)), (index, key)
+            assert torch.equal(
+                torch.as_tensor(loaded_optimizer["state"][index][key]), torch.as_tensor(value)
+            ), (index, key)
     assert trainer.scheduler.state_dict() == checkpoint["trainer"]["hooks"]["LRScheduler"]
     assert trainer.scheduler.last_epoch == resumed_from + 1
     for name, value in trainer.model.state_dict().items():
@@ -181,12 +234,28 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
 
     # the resumed train_net.py run goes on from there to the end
     proc = subprocess.run(
-        [sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", *KILL_RUN, "OUTPUT_DIR", str(out)],
-        cwd=REPO_ROOT, env=_env(datasets_root), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "train_net.py",
+            "--config-file",
+            CONFIG,
+            "--resume",
+            *KILL_RUN,
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        env=_env(datasets_root),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, _tail(log, 6000)
-    assert f"Loading from {out / tagged}" in log and f"Starting training from iteration {resumed_from + 1}" in log
+    assert (
+        f"Loading from {out / tagged}" in log
+        and f"Starting training from iteration {resumed_from + 1}" in log
+    )
     next_name = f"model_{resumed_from + 3:07d}.pth"
     following = torch.load(out / next_name, map_location="cpu", weights_only=False)
     assert following["iteration"] == resumed_from + 3
@@ -203,26 +272,53 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Two CPU workers (GLOO) against one process with the same total batch; one worker raising
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
-# Same data order and the same augmentations in both runs: TrainingSampler hands worker r the shuffled indices
-# r, r + 2, ... of one seeded permutation, so a total batch of 4 is the same 4 images on 1 or 2 workers once
-# aspect-ratio grouping is off; no random resize or flip; all images 128x128, so no batch pads differently; GN
-# instead of BN, so no statistic depends on the per-worker batch. The "ema" normaliser is per worker (the
-# all-reduced foreground count / number of workers): starting it at 100 / 2 with 2 workers makes
-# 2 x normaliser(2 workers) == normaliser(1 process) at every step, hence the same logged losses and gradients.
+# Same data order and the same augmentations in both runs: TrainingSampler hands worker r the
+# shuffled indices r, r + 2, ... of one seeded permutation, so a total batch of 4 is the same 4
+# images on 1 or 2 workers once aspect-ratio grouping is off; no random resize or flip; all images
+# 128x128, so no batch pads differently; GN instead of BN, so no statistic depends on the per-worker
+# batch. The "ema" normaliser is per worker (the all-reduced foreground count / number of workers):
+# starting it at 100 / 2 with 2 workers makes 2 x normaliser(2 workers) == normaliser(1 process) at
+# every step, hence the same logged losses and gradients.
 CURVE_RUN = [
-    "DATASETS.TRAIN", '("fixed_size_train",)', "DATASETS.TEST", "()", "MODEL.RESNETS.NORM", "GN",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.002", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "4",
-    "SOLVER.STEPS", "(100,)", "SOLVER.CHECKPOINT_PERIOD", "1000", "INPUT.MIN_SIZE_TRAIN", "(128,)",
-    "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.RANDOM_FLIP", "none", "DATALOADER.ASPECT_RATIO_GROUPING", "False",
-    "DATALOADER.NUM_WORKERS", "0", "SEED", "3",
+    "DATASETS.TRAIN",
+    '("fixed_size_train",)',
+    "DATASETS.TEST",
+    "()",
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.BASE_LR",
+    "0.002",
+    "SOLVER.MAX_ITER",
+    "8",
+    "SOLVER.WARMUP_ITERS",
+    "4",
+    "SOLVER.STEPS",
+    "(100,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "DATALOADER.ASPECT_RATIO_GROUPING",
+    "False",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SEED",
+    "3",
 ]
-# Measured on this CPU: iterations 0-4 differ by <= 1e-5 (relative), as a float32 sum over ~100k anchors does; then
-# both runs drift apart, as training from scratch amplifies any rounding difference: a single process rerun with 2
-# threads instead of 1 drifts from itself by 5e-3 by iteration 7 in the same way.
+# Measured on this CPU: iterations 0-4 differ by <= 1e-5 (relative), as a float32 sum over ~100k
+# anchors does; then both runs drift apart, as training from scratch amplifies any rounding
+# difference: a single process rerun with 2 threads instead of 1 drifts from itself by 5e-3 by
+# iteration 7 in the same way.
 EARLY_ITERATIONS, EARLY_RTOL, LATE_RTOL = 5, 1e-4, 5e-2
 
 
@@ -231,18 +327,36 @@ def fixed_size_dataset(tmp_path_factory):
     from retinanet_plugin.data.synthetic_shapes import ensure_synthetic_shapes
 
     root = ensure_synthetic_shapes(
-        str(tmp_path_factory.mktemp("fixed") / "shapes"), num_train=32, num_val=1, min_image_size=128,
+        str(tmp_path_factory.mktemp("fixed") / "shapes"),
+        num_train=32,
+        num_val=1,
+        min_image_size=128,
         max_image_size=128,
     )
-    return json.dumps([["fixed_size_train", os.path.join(root, "train.json"), os.path.join(root, "train")]])
+    return json.dumps(
+        [["fixed_size_train", os.path.join(root, "train.json"), os.path.join(root, "train")]]
+    )
 
 
 def _instrumented_run(out_dir, datasets, opts, num_gpus=1, timeout=600, **env):
     record = out_dir / "record.jsonl"
-    args = [sys.executable, INSTRUMENTED, "--config-file", CONFIG, "--num-gpus", str(num_gpus), "--dist-url", "auto"]
+    args = [
+        sys.executable,
+        INSTRUMENTED,
+        "--config-file",
+        CONFIG,
+        "--num-gpus",
+        str(num_gpus),
+        "--dist-url",
+        "auto",
+    ]
     started = time.time()
     proc = subprocess.run(
-        args + opts + ["OUTPUT_DIR", str(out_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        args + opts + ["OUTPUT_DIR", str(out_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=_env(out_dir, RELIABILITY_DATASETS=datasets, RELIABILITY_RECORD=str(record), **env),
     )
     return proc, (_records(record) if record.exists() else []), time.time() - started
@@ -256,16 +370,22 @@ def _relative_differences(one, two):
 @pytest.mark.slow
 def test_two_cpu_workers_give_the_loss_curve_of_one_process(tmp_path, fixed_size_dataset):
     one, one_curve, _ = _instrumented_run(
-        tmp_path / "one", fixed_size_dataset, CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "100.0"]
+        tmp_path / "one",
+        fixed_size_dataset,
+        CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "100.0"],
     )
     assert one.returncode == 0, _tail(one.stdout + one.stderr)
     two, two_curve, _ = _instrumented_run(
-        tmp_path / "two", fixed_size_dataset, CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "50.0"],
+        tmp_path / "two",
+        fixed_size_dataset,
+        CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "50.0"],
         num_gpus=2,
     )
     assert two.returncode == 0, _tail(two.stdout + two.stderr)
     assert "World size: 2" in two.stdout + two.stderr
-    assert [r["iteration"] for r in one_curve] == [r["iteration"] for r in two_curve] == list(range(8))
+    assert (
+        [r["iteration"] for r in one_curve] == [r["iteration"] for r in two_curve] == list(range(8))
+    )
     differences = _relative_differences(one_curve, two_curve)
     print("relative loss differences, 2 workers vs 1 process:", ["%.2e" % d for d in differences])
     assert max(differences[:EARLY_ITERATIONS]) <= EARLY_RTOL, differences
@@ -275,27 +395,39 @@ def test_two_cpu_workers_give_the_loss_curve_of_one_process(tmp_path, fixed_size
 @pytest.mark.slow
 def test_one_worker_raising_stops_the_whole_job_with_its_error(tmp_path, fixed_size_dataset):
     proc, curve, seconds = _instrumented_run(
-        tmp_path / "fault", fixed_size_dataset, CURVE_RUN, num_gpus=2, timeout=240, RELIABILITY_FAULT="1:3"
+        tmp_path / "fault",
+        fixed_size_dataset,
+        CURVE_RUN,
+        num_gpus=2,
+        timeout=240,
+        RELIABILITY_FAULT="1:3",
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, _tail(log)
     assert "Process 1 terminated with the following error" in log, _tail(log)
     assert "RuntimeError: injected fault on rank 1 before iteration 3" in log, _tail(log)
-    assert [r["iteration"] for r in curve] == [0, 1, 2]  # rank 0 trained until rank 1 failed, then was stopped
+    assert [r["iteration"] for r in curve] == [
+        0,
+        1,
+        2,
+    ]  # rank 0 trained until rank 1 failed, then was stopped
     print(f"the failed 2-worker job ended after {seconds:.1f} s")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Soak: 200 iterations on hostile boxes
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 SOAK_ITERATIONS = 200
-RSS_GROWTH_LIMIT_MIB = 300  # generous: a leak of one batch's images per iteration would pass it within ~30 iterations
+RSS_GROWTH_LIMIT_MIB = (
+    300  # generous: a leak of one batch's images per iteration would pass it within ~30 iterations
+)
 
 
 def _write_hostile_dataset(root, num_images=40, seed=0):
-    """COCO json + PNGs, 64-160 px a side: a quarter of the images empty, two with 150 tiny objects, the others
-    with tiny (1-4 px), huge (>= 90% of the image), thin (1:16 to 1:160) and ordinary boxes, some partly outside."""
+    """COCO json + PNGs, 64-160 px a side: a quarter of the images empty, two with 150 tiny objects,
+    the others with tiny (1-4 px), huge (>= 90% of the image), thin (1:16 to 1:160) and ordinary
+    boxes, some partly outside."""
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     os.makedirs(root / "images")
@@ -306,7 +438,8 @@ def _write_hostile_dataset(root, num_images=40, seed=0):
             boxes = []
         elif index in (1, 2):
             boxes = [
-                (rng.uniform(0, w - 4), rng.uniform(0, h - 4), rng.uniform(1, 4), rng.uniform(1, 4)) for _ in range(150)
+                (rng.uniform(0, w - 4), rng.uniform(0, h - 4), rng.uniform(1, 4), rng.uniform(1, 4))
+                for _ in range(150)
             ]
         else:
             boxes = []
@@ -328,11 +461,23 @@ def _write_hostile_dataset(root, num_images=40, seed=0):
         for x, y, bw, bh in boxes:
             color = [int(c) for c in rng.integers(100, 256, size=3)]
             x0, y0 = int(max(x, 0)), int(max(y, 0))
-            cv2.rectangle(image, (x0, y0), (int(min(x + bw, w)) - 1, int(min(y + bh, h)) - 1), color, thickness=-1)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index + 1, "category_id": int(rng.integers(1, 4)),
-                "bbox": [float(x), float(y), float(bw), float(bh)], "area": float(bw * bh), "iscrowd": 0,
-            })
+            cv2.rectangle(
+                image,
+                (x0, y0),
+                (int(min(x + bw, w)) - 1, int(min(y + bh, h)) - 1),
+                color,
+                thickness=-1,
+            )
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [float(x), float(y), float(bw), float(bh)],
+                    "area": float(bw * bh),
+                    "iscrowd": 0,
+                }
+            )
         cv2.imwrite(str(root / "images" / f"{index:04d}.png"), image)
         images.append({"id": index + 1, "file_name": f"{index:04d}.png", "height": h, "width": w})
     categories = [{"id": i, "name": f"class{i}"} for i in (1, 2, 3)]
@@ -345,10 +490,30 @@ def _write_hostile_dataset(root, num_images=40, seed=0):
 def test_soak_on_hostile_boxes_stays_finite_with_stable_memory(tmp_path):
     datasets = _write_hostile_dataset(tmp_path / "hostile")
     opts = [
-        "DATASETS.TRAIN", '("hostile_train",)', "DATASETS.TEST", "()", "MODEL.RETINANET.NUM_CLASSES", "3",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", str(SOAK_ITERATIONS),
-        "SOLVER.WARMUP_ITERS", "20", "SOLVER.STEPS", "(150,)", "SOLVER.CHECKPOINT_PERIOD", "100000",
-        "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "192", "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TRAIN",
+        '("hostile_train",)',
+        "DATASETS.TEST",
+        "()",
+        "MODEL.RETINANET.NUM_CLASSES",
+        "3",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.MAX_ITER",
+        str(SOAK_ITERATIONS),
+        "SOLVER.WARMUP_ITERS",
+        "20",
+        "SOLVER.STEPS",
+        "(150,)",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96, 128)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "192",
+        "DATALOADER.NUM_WORKERS",
+        "0",
     ]
     proc, records, seconds = _instrumented_run(tmp_path / "soak", datasets, opts)
     log = proc.stdout + proc.stderr
@@ -359,6 +524,9 @@ def test_soak_on_hostile_boxes_stays_finite_with_stable_memory(tmp_path):
         assert all(math.isfinite(r[k]) for k in ("loss_cls", "loss_box_reg", "total_loss")), r
     rss = [r["rss_mib"] for r in records]
     growth = rss[-1] - rss[20]
-    print(f"soak: {seconds:.1f} s; RSS {rss[0]:.0f} MiB at iteration 0, {rss[20]:.0f} at 20, {rss[-1]:.0f} at "
-          f"{SOAK_ITERATIONS - 1} (max {max(rss):.0f}); growth after warm-up {growth:+.1f} MiB")
+    print(
+        f"soak: {seconds:.1f} s; RSS {rss[0]:.0f} MiB at iteration 0, {rss[20]:.0f} at 20, "
+        f"{rss[-1]:.0f} at "
+        f"{SOAK_ITERATIONS - 1} (max {max(rss):.0f}); growth after warm-up {growth:+.1f} MiB"
+    )
     assert growth < RSS_GROWTH_LIMIT_MIB

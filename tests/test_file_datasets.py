@@ -1,7 +1,9 @@
-"""Datasets given by their files on the command line: ``coco:JSON[:IMAGE_ROOT]`` and ``voc:FOLDER[:SPLIT]`` (VOC's
-layout and flat LabelImg/CVAT folders), class names from the data (``NUM_CLASSES_FROM_DATA``) reaching the
-evaluator and the ``Visualizer``, and a whole ``train_net.py`` run on VOC folders without a line of Python.
+"""Datasets given by their files on the command line: ``coco:JSON[:IMAGE_ROOT]`` and
+``voc:FOLDER[:SPLIT]`` (VOC's layout and flat LabelImg/CVAT folders), class names from the data
+(``NUM_CLASSES_FROM_DATA``) reaching the evaluator and the ``Visualizer``, and a whole
+``train_net.py`` run on VOC folders without a line of Python.
 """
+
 import importlib.util
 import json
 import logging
@@ -27,7 +29,8 @@ SYNTHETIC = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synth
 
 @pytest.fixture(autouse=True)
 def forget_registrations():
-    """Unregister the file datasets a test registered (their names are tmp paths, unique per test)."""
+    """Unregister the file datasets a test registered (their names are tmp paths, unique per
+    test)."""
     before = set(DatasetCatalog.list())
     yield
     for name in set(DatasetCatalog.list()) - before:
@@ -40,7 +43,7 @@ def forget_registrations():
 def _image(path, size=(96, 128), boxes=()):
     pixels = np.full((*size, 3), 40, dtype=np.uint8)
     for x0, y0, x1, y1 in boxes:
-        pixels[int(y0):int(y1), int(x0):int(x1)] = (230, 200, 30)
+        pixels[int(y0) : int(y1), int(x0) : int(x1)] = (230, 200, 30)
     Image.fromarray(pixels).save(path)
 
 
@@ -49,13 +52,21 @@ def _xml(path, file_name, objects, size=(96, 128)):
     parts = "".join(
         f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>{int(d)}</difficult>"
         f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-        for n, b, d in objects)
-    size_xml = f"<size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>" if size else ""
-    path.write_text(f"<annotation><folder>x</folder><filename>{file_name}</filename>{size_xml}{parts}</annotation>")
+        for n, b, d in objects
+    )
+    size_xml = (
+        f"<size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>"
+        if size
+        else ""
+    )
+    path.write_text(
+        f"<annotation><folder>x</folder><filename>{file_name}</filename>{size_xml}{parts}</annotation>"
+    )
 
 
 def _flat_folder(folder, images):
-    """A LabelImg/CVAT-style folder: images[i] = list of objects; image i is i.jpg (PNG data) beside i.xml."""
+    """A LabelImg/CVAT-style folder: images[i] = list of objects; image i is i.jpg (PNG data) beside
+    i.xml."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, objects in enumerate(images):
         _image(folder / f"{i}.png", boxes=[(b[0] - 1, b[1] - 1, b[2], b[3]) for _, b, _ in objects])
@@ -71,8 +82,11 @@ def _voc_layout(root, images, splits):
         _image(root / "JPEGImages" / f"{i:04d}.png")
         _xml(root / "Annotations" / f"{i:04d}.xml", f"{i:04d}.png", objects)
     for split, indices in splits.items():
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i:04d}\n" for i in indices))
-    (root / "ImageSets" / "Main" / "tree_train.txt").write_text("0000  1\n")  # a per-class list, not a split
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(
+            "".join(f"{i:04d}\n" for i in indices)
+        )
+    # a per-class list, not a split
+    (root / "ImageSets" / "Main" / "tree_train.txt").write_text("0000  1\n")
     return root
 
 
@@ -84,39 +98,61 @@ def test_coco_json_names_register_on_first_use_with_their_image_root(tmp_path):
     (tmp_path / "pics").mkdir()
     _image(tmp_path / "ann" / "a.png")
     _image(tmp_path / "pics" / "a.png")
-    coco = {"images": [{"id": 3, "file_name": "a.png", "height": 96, "width": 128}],
-            "annotations": [{"id": 1, "image_id": 3, "category_id": 7, "bbox": [1, 2, 30, 40], "area": 1200,
-                             "iscrowd": 0}],
-            "categories": [{"id": 7, "name": "cell"}]}
+    coco = {
+        "images": [{"id": 3, "file_name": "a.png", "height": 96, "width": 128}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 3,
+                "category_id": 7,
+                "bbox": [1, 2, 30, 40],
+                "area": 1200,
+                "iscrowd": 0,
+            }
+        ],
+        "categories": [{"id": 7, "name": "cell"}],
+    }
     json_file = tmp_path / "ann" / "train.json"
     json_file.write_text(json.dumps(coco))
     default_root, given_root = f"coco:{json_file}", f"coco:{json_file}:{tmp_path / 'pics'}"
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('{default_root}',)",
-                                          "DATASETS.TEST", f"('{given_root}',)"])
+    cfg, _ = config_from_file(
+        SYNTHETIC, ["DATASETS.TRAIN", f"('{default_root}',)", "DATASETS.TEST", f"('{given_root}',)"]
+    )
     assert {default_root, given_root} <= set(DatasetCatalog.list())
     assert DatasetCatalog.get(default_root)[0]["file_name"] == str(tmp_path / "ann" / "a.png")
     record = DatasetCatalog.get(given_root)[0]
     assert record["file_name"] == str(tmp_path / "pics" / "a.png") and record["image_id"] == 3
     assert record["annotations"][0]["category_id"] == 0
     assert MetadataCatalog.get(given_root).thing_classes == ["cell"]
-    assert parse_file_dataset_name(f"coco:{json_file}") == ("coco", str(json_file), str(tmp_path / "ann"))
+    assert parse_file_dataset_name(f"coco:{json_file}") == (
+        "coco",
+        str(json_file),
+        str(tmp_path / "ann"),
+    )
 
 
-@pytest.mark.parametrize("name, message", [
-    ("coco:", r"give a path after 'coco:'"),
-    ("coco:/x/y.txt:/images", r"'/x/y.txt' is not a .json file"),
-    ("yolo:/data", None),  # not a file dataset: left alone
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("coco:", r"give a path after 'coco:'"),
+        ("coco:/x/y.txt:/images", r"'/x/y.txt' is not a .json file"),
+        ("yolo:/data", None),  # not a file dataset: left alone
+    ],
+)
 def test_malformed_file_dataset_names_are_explained(name, message):
     if message is None:
         assert register_file_datasets([name]) == []
         return
-    with pytest.raises(ValueError, match=message + r".*forms: coco:JSON, coco:JSON:IMAGE_ROOT, voc:FOLDER"):
+    with pytest.raises(
+        ValueError, match=message + r".*forms: coco:JSON, coco:JSON:IMAGE_ROOT, voc:FOLDER"
+    ):
         register_file_datasets([name])
 
 
 def test_a_flat_labelimg_folder_gives_classes_boxes_and_difficult_objects_ignored(tmp_path, caplog):
-    folder = _flat_folder(tmp_path / "flat", [[TREE], [TREE, BUSH, ("bush", (1, 1, 128, 96), True)], []])
+    folder = _flat_folder(
+        tmp_path / "flat", [[TREE], [TREE, BUSH, ("bush", (1, 1, 128, 96), True)], []]
+    )
     _image(folder / "unlabelled.png")
     name = f"voc:{folder}"
     with caplog.at_level(logging.INFO, logger="retinanet_plugin"):
@@ -126,22 +162,38 @@ def test_a_flat_labelimg_folder_gives_classes_boxes_and_difficult_objects_ignore
     assert [d["file_name"] for d in dicts] == [str(folder / f"{i}.png") for i in range(3)]
     assert [d["image_id"] for d in dicts] == [1, 2, 3] and dicts[2]["annotations"] == []
     anns = dicts[1]["annotations"]
-    assert [a["bbox"] for a in anns] == [[10, 20, 50, 60], [60, 10, 100, 40], [0, 0, 128, 96]]  # VOC 1-based -> edges
-    assert [a["category_id"] for a in anns] == [1, 0, 0] and [a["iscrowd"] for a in anns] == [0, 0, 1]
+    assert [a["bbox"] for a in anns] == [
+        [10, 20, 50, 60],
+        [60, 10, 100, 40],
+        [0, 0, 128, 96],
+    ]  # VOC 1-based -> edges
+    assert [a["category_id"] for a in anns] == [1, 0, 0] and [a["iscrowd"] for a in anns] == [
+        0,
+        0,
+        1,
+    ]
     assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in anns)
-    assert "1 images have no .xml file beside them and are not used (e.g. unlabelled.png)" in caplog.text
+    assert (
+        "1 images have no .xml file beside them and are not used (e.g. unlabelled.png)"
+        in caplog.text
+    )
 
 
 def test_voc_layout_with_and_without_a_split(tmp_path):
-    root = _voc_layout(tmp_path / "VOC", [[TREE], [BUSH], [TREE, BUSH]], {"train": [0, 2], "val": [1]})
+    root = _voc_layout(
+        tmp_path / "VOC", [[TREE], [BUSH], [TREE, BUSH]], {"train": [0, 2], "val": [1]}
+    )
     everything = f"voc:{root}"
     train, val = f"voc:{root}:train", f"voc:{root}:val"
     register_file_datasets([everything, train, val])
     assert len(DatasetCatalog.get(everything)) == 3
-    assert [d["file_name"] for d in DatasetCatalog.get(train)] == [str(root / "JPEGImages" / f"{i:04d}.png")
-                                                                 for i in (0, 2)]
+    assert [d["file_name"] for d in DatasetCatalog.get(train)] == [
+        str(root / "JPEGImages" / f"{i:04d}.png") for i in (0, 2)
+    ]
     assert [a["category_id"] for a in DatasetCatalog.get(val)[0]["annotations"]] == [0]
-    with pytest.raises(VocAnnotationError, match=r"there is no split file .*test\.txt \(splits there: train, val\)"):
+    with pytest.raises(
+        VocAnnotationError, match=r"there is no split file .*test\.txt \(splits there: train, val\)"
+    ):
         register_file_datasets([f"voc:{root}:test"])
         DatasetCatalog.get(f"voc:{root}:test")
 
@@ -149,7 +201,9 @@ def test_voc_layout_with_and_without_a_split(tmp_path):
 def test_train_and_test_folders_number_the_classes_alike_even_when_one_lacks_a_class(tmp_path):
     train = _flat_folder(tmp_path / "train", [[TREE, BUSH], [("rock", (1, 1, 9, 9), False)]])
     val = _flat_folder(tmp_path / "val", [[TREE]])
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{train}',)", "DATASETS.TEST", f"('voc:{val}',)"])
+    cfg, _ = config_from_file(
+        SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{train}',)", "DATASETS.TEST", f"('voc:{val}',)"]
+    )
     for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         DatasetCatalog.get(name)
         assert MetadataCatalog.get(name).thing_classes == ["bush", "rock", "tree"]
@@ -158,22 +212,40 @@ def test_train_and_test_folders_number_the_classes_alike_even_when_one_lacks_a_c
 
 def test_voc_classes_key_fixes_the_order_and_names_objects_outside_it(tmp_path):
     folder = _flat_folder(tmp_path / "f", [[TREE, BUSH]])
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{folder}',)", "DATASETS.TEST", "()",
-                                          "DATASETS.VOC_CLASSES", "('tree', 'bush')"])
-    assert [a["category_id"] for a in DatasetCatalog.get(f"voc:{folder}")[0]["annotations"]] == [0, 1]
+    cfg, _ = config_from_file(
+        SYNTHETIC,
+        [
+            "DATASETS.TRAIN",
+            f"('voc:{folder}',)",
+            "DATASETS.TEST",
+            "()",
+            "DATASETS.VOC_CLASSES",
+            "('tree', 'bush')",
+        ],
+    )
+    assert [a["category_id"] for a in DatasetCatalog.get(f"voc:{folder}")[0]["annotations"]] == [
+        0,
+        1,
+    ]
     other = _flat_folder(tmp_path / "g", [[TREE, BUSH]])
     register_file_datasets([f"voc:{other}"], voc_classes=("tree",))
-    with pytest.raises(VocAnnotationError, match=rf"{other / '0.xml'} has objects named \['bush'\], which are not "
-                                                 r"among the classes of voc:.* \(tree\)"):
+    with pytest.raises(
+        VocAnnotationError,
+        match=rf"{other / '0.xml'} has objects named \['bush'\], which are not "
+        r"among the classes of voc:.* \(tree\)",
+    ):
         DatasetCatalog.get(f"voc:{other}")
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("xml", r"0\.xml is not readable XML \(.*line 1"),
-    ("coordinate", r"0\.xml: object #0 has <xmax> 'wide' in its <bndbox>, not a number"),
-    ("name", r"0\.xml: object #0 has no <name>"),
-    ("image", r"1 annotation files have no image in .*: .*0\.xml"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("xml", r"0\.xml is not readable XML \(.*line 1"),
+        ("coordinate", r"0\.xml: object #0 has <xmax> 'wide' in its <bndbox>, not a number"),
+        ("name", r"0\.xml: object #0 has no <name>"),
+        ("image", r"1 annotation files have no image in .*: .*0\.xml"),
+    ],
+)
 def test_broken_voc_files_are_named(tmp_path, problem, message):
     folder = _flat_folder(tmp_path / "f", [[TREE]])
     xml = folder / "0.xml"
@@ -203,27 +275,79 @@ def test_an_xml_without_size_takes_it_from_the_image(tmp_path):
 def test_num_classes_from_data_and_mismatches_name_both_numbers(tmp_path):
     train = _flat_folder(tmp_path / "train", [[TREE, BUSH]])
     three = _flat_folder(tmp_path / "three", [[TREE, ("rock", (1, 1, 9, 9), False), BUSH]])
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{train}',)", "DATASETS.TEST", "()",
-                                          "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA", "True"])
+    cfg, _ = config_from_file(
+        SYNTHETIC,
+        [
+            "DATASETS.TRAIN",
+            f"('voc:{train}',)",
+            "DATASETS.TEST",
+            "()",
+            "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA",
+            "True",
+        ],
+    )
     assert cfg.MODEL.RETINANET.NUM_CLASSES == 2  # the YAML says 5
     given = _flat_folder(tmp_path / "given", [[TREE, BUSH]])
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{given}',)", "DATASETS.TEST", "()",
-                                          "DATASETS.VOC_CLASSES", "('bush', 'tree')"])
+    cfg, _ = config_from_file(
+        SYNTHETIC,
+        [
+            "DATASETS.TRAIN",
+            f"('voc:{given}',)",
+            "DATASETS.TEST",
+            "()",
+            "DATASETS.VOC_CLASSES",
+            "('bush', 'tree')",
+        ],
+    )
     assert cfg.MODEL.RETINANET.NUM_CLASSES == 5  # the setting is off: as given...
-    with pytest.raises(ValueError, match=rf"NUM_CLASSES is 5 but dataset 'voc:{given}' has 2 classes"):
+    with pytest.raises(
+        ValueError, match=rf"NUM_CLASSES is 5 but dataset 'voc:{given}' has 2 classes"
+    ):
         RetinaNetPluginTrainer.build_train_loader(cfg)  # ... and a mismatch is an error naming both
-    with pytest.raises(ValueError, match=r"is already registered with classes \['bush', 'tree'\]; "
-                                         r"DATASETS.VOC_CLASSES now says \['tree', 'bush'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"is already registered with classes \['bush', 'tree'\]; "
+        r"DATASETS.VOC_CLASSES now says \['tree', 'bush'\]",
+    ):
         register_file_datasets([f"voc:{given}"], voc_classes=("tree", "bush"))
     coco_json = tmp_path / "three.json"
-    coco_json.write_text(json.dumps({"images": [], "annotations": [],
-                                     "categories": [{"id": i, "name": n} for i, n in enumerate("abc", 1)]}))
-    with pytest.raises(ValueError, match=r"the training datasets have different classes: 'voc:.*train' \['bush', 'tree'\]"):
-        config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{train}', 'coco:{coco_json}')", "DATASETS.TEST", "()",
-                                    "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA", "True"])
-    cfg, _ = config_from_file(SYNTHETIC, ["DATASETS.TRAIN", f"('voc:{given}',)", "DATASETS.TEST",
-                                          f"('voc:{three}',)", "DATASETS.VOC_CLASSES", "('bush', 'tree')",
-                                          "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA", "True"])
+    coco_json.write_text(
+        json.dumps(
+            {
+                "images": [],
+                "annotations": [],
+                "categories": [{"id": i, "name": n} for i, n in enumerate("abc", 1)],
+            }
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"the training datasets have different classes: 'voc:.*train' \['bush', 'tree'\]",
+    ):
+        config_from_file(
+            SYNTHETIC,
+            [
+                "DATASETS.TRAIN",
+                f"('voc:{train}', 'coco:{coco_json}')",
+                "DATASETS.TEST",
+                "()",
+                "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA",
+                "True",
+            ],
+        )
+    cfg, _ = config_from_file(
+        SYNTHETIC,
+        [
+            "DATASETS.TRAIN",
+            f"('voc:{given}',)",
+            "DATASETS.TEST",
+            f"('voc:{three}',)",
+            "DATASETS.VOC_CLASSES",
+            "('bush', 'tree')",
+            "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA",
+            "True",
+        ],
+    )
     assert cfg.MODEL.RETINANET.NUM_CLASSES == 2
     with pytest.raises(VocAnnotationError, match=r"has objects named \['rock'\]"):
         RetinaNetPluginTrainer.build_test_loader(cfg, f"voc:{three}")
@@ -263,31 +387,70 @@ def test_class_names_reach_the_visualizer_of_the_predict_tool(tmp_path, monkeypa
 
     monkeypatch.setattr(Visualizer, "overlay_instances", recording_overlay)
     predict = _load_predict_tool()
-    records = predict.main(["--config-file", SYNTHETIC, "--input", str(folder / "0.png"), "--output",
-                            str(tmp_path / "out"), "DATASETS.TEST", f"('voc:{folder}',)", "DATASETS.TRAIN", "()"],
-                           make_predictor=_OneBoxPredictor)
+    records = predict.main(
+        [
+            "--config-file",
+            SYNTHETIC,
+            "--input",
+            str(folder / "0.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "DATASETS.TEST",
+            f"('voc:{folder}',)",
+            "DATASETS.TRAIN",
+            "()",
+        ],
+        make_predictor=_OneBoxPredictor,
+    )
     assert records[0]["labels"] == ["tree"]  # class 1 of ['bush', 'tree']
     assert len(drawn_labels) == 1 and drawn_labels[0][0].startswith("tree ")
 
 
 def test_train_net_on_voc_folders_without_python(tmp_path):
-    """train_net.py main with voc: datasets from the command line: the classes come from the XML, the evaluator
-    names them, the evaluation folder is named after the dataset."""
+    """train_net.py main with voc: datasets from the command line: the classes come from the XML,
+    the evaluator names them, the evaluation folder is named after the dataset."""
     train = _flat_folder(tmp_path / "train", [[TREE, BUSH], [TREE], [BUSH], [TREE, BUSH]])
     val = _flat_folder(tmp_path / "val", [[TREE, BUSH], [("tree", (1, 1, 40, 30), True), BUSH]])
-    spec = importlib.util.spec_from_file_location("train_net_voc", os.path.join(REPO_ROOT, "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_net_voc", os.path.join(REPO_ROOT, "train_net.py")
+    )
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     from detectron2.engine import default_argument_parser
 
     out = tmp_path / "out"
-    args = default_argument_parser().parse_args([
-        "--config-file", SYNTHETIC, "DATASETS.TRAIN", f"('voc:{train}',)", "DATASETS.TEST", f"('voc:{val}',)",
-        "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA", "True", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
-        "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(5,)", "SOLVER.CHECKPOINT_PERIOD", "100",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out),
-    ])
+    args = default_argument_parser().parse_args(
+        [
+            "--config-file",
+            SYNTHETIC,
+            "DATASETS.TRAIN",
+            f"('voc:{train}',)",
+            "DATASETS.TEST",
+            f"('voc:{val}',)",
+            "MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA",
+            "True",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.STEPS",
+            "(5,)",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MIN_SIZE_TEST",
+            "96",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "0.0",
+            "OUTPUT_DIR",
+            str(out),
+        ]
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

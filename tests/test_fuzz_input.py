@@ -1,24 +1,29 @@
-"""Seeded, time-bounded fuzzing of what a user hands the plugin: COCO json files, images and checkpoints.
+"""Seeded, time-bounded fuzzing of what a user hands the plugin: COCO json files, images and
+checkpoints.
 
 Every case is a randomly corrupted copy of a valid input, fed through the path the trainer uses:
 
-- COCO json: ``load_checked_dataset_dicts`` (the train and test loaders' dataset check), then the trainer's
-  ``CheckedDatasetMapper`` on every image it accepts, then a training forward of a small RetinaNet on them;
-- images: ``CheckedDatasetMapper`` (decoding, EXIF orientation, mode conversion, size check, augmentations), then a
-  training forward;
-- checkpoints (``.pkl`` and ``.pth``): ``CheckedDetectionCheckpointer.load`` (``MODEL.WEIGHTS`` of ``train_net.py``,
-  ``tools/predict.py``, ``tools/export_model.py``), ``--resume`` from a damaged last checkpoint, and
-  ``tools/convert_detectron2_retinanet.py``.
+- COCO json: ``load_checked_dataset_dicts`` (the train and test loaders' dataset check), then the
+  trainer's ``CheckedDatasetMapper`` on every image it accepts, then a training forward of a small
+  RetinaNet on them;
+- images: ``CheckedDatasetMapper`` (decoding, EXIF orientation, mode conversion, size check,
+  augmentations), then a training forward;
+- checkpoints (``.pkl`` and ``.pth``): ``CheckedDetectionCheckpointer.load`` (``MODEL.WEIGHTS`` of
+  ``train_net.py``, ``tools/predict.py``, ``tools/export_model.py``), ``--resume`` from a damaged
+  last checkpoint, and ``tools/convert_detectron2_retinanet.py``.
 
-A case passes when it ends in one of the plugin's errors whose message names the file (for a class-count mismatch:
-the dataset and ``MODEL.RETINANET.NUM_CLASSES``), or when the input is accepted, possibly repaired with a log line,
-and what comes out is sound (boxes inside their image, finite losses, finite weights). It fails on any other
-exception (a traceback from inside Detectron2, pycocotools, PIL, torch or the model) and on a case that runs past
-its time limit. VOC XML datasets are not fuzzed: the plugin has none yet.
+A case passes when it ends in one of the plugin's errors whose message names the file (for a
+class-count mismatch: the dataset and ``MODEL.RETINANET.NUM_CLASSES``), or when the input is
+accepted, possibly repaired with a log line, and what comes out is sound (boxes inside their image,
+finite losses, finite weights). It fails on any other exception (a traceback from inside Detectron2,
+pycocotools, PIL, torch or the model) and on a case that runs past its time limit. VOC XML datasets
+are not fuzzed: the plugin has none yet.
 
-The cases are drawn from ``random.Random(f"{SEED}-{family}-{index}")``, so a failure names a reproducible case.
-Each family stops at its case count or its time budget, whichever comes first, and prints how many it tried.
+The cases are drawn from ``random.Random(f"{SEED}-{family}-{index}")``, so a failure names a
+reproducible case. Each family stops at its case count or its time budget, whichever comes first,
+and prints how many it tried.
 """
+
 import collections
 import contextlib
 import copy
@@ -53,20 +58,30 @@ from detectron2.utils.events import EventStorage
 
 from retinanet_plugin import model_zoo
 from script_module import load_script  # a helper beside the tests
-from retinanet_plugin.data.validation import (
+from retinanet_plugin.data import (
     CheckedDatasetMapper,
     DatasetValidationError,
     UnreadableImageError,
     load_checked_dataset_dicts,
 )
-from retinanet_plugin.engine import CheckedDetectionCheckpointer, CheckpointMismatchError, CheckpointReadError
+from retinanet_plugin.checkpoint import (
+    CheckedDetectionCheckpointer,
+    CheckpointMismatchError,
+    CheckpointReadError,
+)
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_detectron2_retinanet.py"
 
 SEED = 1402
 CASES = {"coco_json": 200, "image": 150, "checkpoint": 150}  # 500 in all
-BUDGET_S = {"coco_json": 16.0, "image": 9.0, "checkpoint": 9.0}  # per family; the whole file stays well under 60 s
-MIN_CASES = {family: count // 4 for family, count in CASES.items()}  # fewer means the machine starved the test
+BUDGET_S = {
+    "coco_json": 16.0,
+    "image": 9.0,
+    "checkpoint": 9.0,
+}  # per family; the whole file stays well under 60 s
+MIN_CASES = {
+    family: count // 4 for family, count in CASES.items()
+}  # fewer means the machine starved the test
 CASE_TIMEOUT_S = 15.0  # one case longer than this is a hang
 IMAGE_SIZE = (48, 64)
 NUM_CLASSES = 2
@@ -76,7 +91,8 @@ convert_tool = load_script("tools/convert_detectron2_retinanet.py")
 
 
 class CaseTimeout(BaseException):
-    """Not an Exception: no ``except Exception`` in the code under test may take a timeout for its own error."""
+    """Not an Exception: no ``except Exception`` in the code under test may take a timeout for its
+    own error."""
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +108,9 @@ HANG_TRACEBACK = Path(os.environ.get("TMPDIR", "/tmp")) / "retinanet_plugin_fuzz
 
 @contextlib.contextmanager
 def _time_limit(seconds):
-    """CaseTimeout after ``seconds`` (SIGALRM, which interrupts Python code); a hang inside C code, which SIGALRM
-    cannot interrupt, makes faulthandler write every thread's stack to HANG_TRACEBACK and end the process after
-    3 x ``seconds``: the run fails instead of hanging."""
+    """CaseTimeout after ``seconds`` (SIGALRM, which interrupts Python code); a hang inside C code,
+    which SIGALRM cannot interrupt, makes faulthandler write every thread's stack to HANG_TRACEBACK
+    and end the process after 3 x ``seconds``: the run fails instead of hanging."""
 
     def on_alarm(signum, frame):
         raise CaseTimeout(f"the case ran longer than {seconds} s")
@@ -127,7 +143,9 @@ class _Fuzzer:
                 break
             rng = random.Random(f"{SEED}-{self.family}-{index}")
             self.tried += 1
-            case = {"description": "?"}  # make_and_check names the case here as soon as it has made it
+            case = {
+                "description": "?"
+            }  # make_and_check names the case here as soon as it has made it
             try:
                 with _time_limit(CASE_TIMEOUT_S):
                     outcome = make_and_check(rng, index, case)
@@ -139,7 +157,8 @@ class _Fuzzer:
             except Exception as e:  # noqa: BLE001 - anything else is what this test looks for
                 where = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
                 self.failures.append(
-                    f"case {index} ({case['description']}): unexpected {type(e).__name__}: {str(e)[:300]}\n{where}"
+                    f"case {index} ({case['description']}): unexpected {type(e).__name__}: "
+                    f"{str(e)[:300]}\n{where}"
                 )
         self.seconds = time.monotonic() - start
         if HANG_TRACEBACK.exists() and HANG_TRACEBACK.stat().st_size == 0:
@@ -147,40 +166,88 @@ class _Fuzzer:
 
     def report(self, capsys):
         with capsys.disabled():
-            print(f"\n[fuzz] {self.family}: {self.tried} cases in {self.seconds:.1f} s (seed {SEED}); outcomes: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())))
+            print(
+                f"\n[fuzz] {self.family}: {self.tried} cases in {self.seconds:.1f} s (seed "
+                f"{SEED}); outcomes: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+            )
         shown = "\n\n".join(self.failures[:8])
-        assert not self.failures, f"{len(self.failures)} of {self.tried} {self.family} cases failed:\n{shown}"
-        assert self.tried >= MIN_CASES[self.family], f"only {self.tried} {self.family} cases ran in the time budget"
-        assert len(self.outcomes) >= 2, f"every {self.family} case ended the same way: {dict(self.outcomes)}"
+        assert not self.failures, (
+            f"{len(self.failures)} of {self.tried} {self.family} cases failed:\n{shown}"
+        )
+        assert self.tried >= MIN_CASES[self.family], (
+            f"only {self.tried} {self.family} cases ran in the time budget"
+        )
+        assert len(self.outcomes) >= 2, (
+            f"every {self.family} case ended the same way: {dict(self.outcomes)}"
+        )
 
 
 def _junk(rng):
-    return rng.choice([
-        None, -1, 0, 1, 7, 2 ** 31, 2 ** 64, 1e308, -1e308, float("nan"), float("inf"), 0.5, -3.5, "", "x", "12",
-        [], [1], [1, 2, 3, 4], {}, {"a": 1}, True, False,
-    ])
+    return rng.choice(
+        [
+            None,
+            -1,
+            0,
+            1,
+            7,
+            2**31,
+            2**64,
+            1e308,
+            -1e308,
+            float("nan"),
+            float("inf"),
+            0.5,
+            -3.5,
+            "",
+            "x",
+            "12",
+            [],
+            [1],
+            [1, 2, 3, 4],
+            {},
+            {"a": 1},
+            True,
+            False,
+        ]
+    )
 
 
 def _assert_names(error, *paths):
     message = str(error)
     assert any(str(p) in message for p in paths), (
-        f"{type(error).__name__} does not name the file ({', '.join(map(str, paths))}): {message[:500]}"
+        f"{type(error).__name__} does not name the file ({', '.join(map(str, paths))}): "
+        f"{message[:500]}"
     )
 
 
-# ==============================================================================================================
+# ==================================================================================================
 # The model and the inputs
-# ==============================================================================================================
+# ==================================================================================================
 
 
 def _cfg(out_dir):
     cfg = model_zoo.get_config("synthetic/retinanet_R18_synthetic.yaml")
-    cfg.merge_from_list([
-        "MODEL.RETINANET.NUM_CLASSES", str(NUM_CLASSES), "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL", "reference",
-        "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "48",
-        "INPUT.MAX_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out_dir),
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.RETINANET.NUM_CLASSES",
+            str(NUM_CLASSES),
+            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL",
+            "reference",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(48,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "96",
+            "INPUT.MIN_SIZE_TEST",
+            "48",
+            "INPUT.MAX_SIZE_TEST",
+            "96",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(out_dir),
+        ]
+    )
     return cfg
 
 
@@ -208,9 +275,9 @@ def _image_pixels(seed):
     return pixels
 
 
-# ==============================================================================================================
+# ==================================================================================================
 # COCO json
-# ==============================================================================================================
+# ==================================================================================================
 
 
 @pytest.fixture(scope="module")
@@ -221,15 +288,29 @@ def coco_base(tmp_path_factory):
     images, annotations = [], []
     for i in range(4):
         Image.fromarray(_image_pixels(i)).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]})
+        images.append(
+            {"id": i + 1, "file_name": f"{i}.png", "height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]}
+        )
         for j in range(2):
-            annotations.append({"id": 10 * (i + 1) + j, "image_id": i + 1, "category_id": 1 + (i + j) % 2,
-                                "bbox": [12.0 + 3 * j, 10.0, 28.0, 20.0], "area": 560.0, "iscrowd": 0,
-                                "segmentation": [[12, 10, 40, 10, 40, 30, 12, 30]]})
+            annotations.append(
+                {
+                    "id": 10 * (i + 1) + j,
+                    "image_id": i + 1,
+                    "category_id": 1 + (i + j) % 2,
+                    "bbox": [12.0 + 3 * j, 10.0, 28.0, 20.0],
+                    "area": 560.0,
+                    "iscrowd": 0,
+                    "segmentation": [[12, 10, 40, 10, 40, 30, 12, 30]],
+                }
+            )
     (root / "images" / "not_an_image.png").write_bytes(b"plain text, not a png" * 10)
     (root / "images" / "a_folder.png").mkdir()
-    coco = {"info": {"description": "fuzz"}, "images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    coco = {
+        "info": {"description": "fuzz"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     return coco, root / "images"
 
 
@@ -237,8 +318,21 @@ def _mutate_coco_structure(coco, rng):
     """1-3 structural corruptions of a COCO dict, in place; returns what was done."""
     done = []
     for _ in range(rng.randint(1, 3)):
-        kind = rng.choice(["top", "image", "image", "annotation", "annotation", "annotation", "bbox", "bbox",
-                           "category", "duplicate", "many"])
+        kind = rng.choice(
+            [
+                "top",
+                "image",
+                "image",
+                "annotation",
+                "annotation",
+                "annotation",
+                "bbox",
+                "bbox",
+                "category",
+                "duplicate",
+                "many",
+            ]
+        )
         if kind == "top":
             key = rng.choice(["images", "annotations", "categories"])
             if rng.random() < 0.5:
@@ -257,21 +351,45 @@ def _mutate_coco_structure(coco, rng):
                 image.pop(key, None)
                 done.append(f"image: removed '{key}'")
             elif key == "file_name" and choice < 0.7:
-                image[key] = rng.choice(["missing.png", "not_an_image.png", "a_folder.png", "", "../images/0.png",
-                                         "/nonexistent/x.png", "1.png"])
+                image[key] = rng.choice(
+                    [
+                        "missing.png",
+                        "not_an_image.png",
+                        "a_folder.png",
+                        "",
+                        "../images/0.png",
+                        "/nonexistent/x.png",
+                        "1.png",
+                    ]
+                )
                 done.append(f"image: file_name {image[key]!r}")
             elif key in ("height", "width") and choice < 0.7:
-                image[key] = rng.choice([1, 2, 47, 49, 64, 480, 10 ** 6, 48.0, -48])
+                image[key] = rng.choice([1, 2, 47, 49, 64, 480, 10**6, 48.0, -48])
                 done.append(f"image: {key} {image[key]!r}")
             else:
                 image[key] = _junk(rng)
                 done.append(f"image: {key} {image[key]!r}")
-        elif kind == "annotation" and isinstance(coco.get("annotations"), list) and coco["annotations"]:
+        elif (
+            kind == "annotation"
+            and isinstance(coco.get("annotations"), list)
+            and coco["annotations"]
+        ):
             annotation = rng.choice(coco["annotations"])
             if not isinstance(annotation, dict):
                 continue
-            key = rng.choice(["id", "image_id", "category_id", "category_id", "iscrowd", "area", "segmentation",
-                              "keypoints", "ignore"])
+            key = rng.choice(
+                [
+                    "id",
+                    "image_id",
+                    "category_id",
+                    "category_id",
+                    "iscrowd",
+                    "area",
+                    "segmentation",
+                    "keypoints",
+                    "ignore",
+                ]
+            )
             if rng.random() < 0.25:
                 annotation.pop(key, None)
                 done.append(f"annotation: removed '{key}'")
@@ -279,10 +397,18 @@ def _mutate_coco_structure(coco, rng):
                 annotation[key] = rng.choice([0, 3, 99, -1, 1.0, "1", True])
                 done.append(f"annotation: category_id {annotation[key]!r}")
             elif key == "segmentation" and rng.random() < 0.6:
-                annotation[key] = rng.choice([
-                    [[1, 2, 3]], [], {"counts": [1, 2], "size": [48, 64]}, {"counts": "xyz", "size": [48, 64]},
-                    {"size": [48, 64]}, "polygon", [[1, 2, 3, 4, 5, 6, 7]], {"counts": [4000], "size": [48, 64]},
-                ])
+                annotation[key] = rng.choice(
+                    [
+                        [[1, 2, 3]],
+                        [],
+                        {"counts": [1, 2], "size": [48, 64]},
+                        {"counts": "xyz", "size": [48, 64]},
+                        {"size": [48, 64]},
+                        "polygon",
+                        [[1, 2, 3, 4, 5, 6, 7]],
+                        {"counts": [4000], "size": [48, 64]},
+                    ]
+                )
                 done.append(f"annotation: segmentation {annotation[key]!r}")
             else:
                 annotation[key] = _junk(rng)
@@ -291,12 +417,30 @@ def _mutate_coco_structure(coco, rng):
             annotation = rng.choice(coco["annotations"])
             if not isinstance(annotation, dict):
                 continue
-            annotation["bbox"] = rng.choice([
-                [], [1, 2, 3], [1, 2, 3, 4, 5], [float("nan"), 1, 2, 3], [1, 1, float("inf"), 3], ["1", "2", "3", "4"],
-                [-10, -10, 20, 20], [60, 40, 30, 30], [100, 100, 5, 5], [5, 5, 0, 10], [5, 5, -4, 10], [0, 0, 64, 48],
-                [1e30, 1e30, 1e30, 1e30], [[1, 2], [3, 4]], "1 2 3 4", None, [0.1, 0.1, 0.2, 0.2], [True, 1, 2, 3],
-                [0, 0, 1e-9, 1e-9], [-1e308, -1e308, 1e308, 1e308],
-            ])
+            annotation["bbox"] = rng.choice(
+                [
+                    [],
+                    [1, 2, 3],
+                    [1, 2, 3, 4, 5],
+                    [float("nan"), 1, 2, 3],
+                    [1, 1, float("inf"), 3],
+                    ["1", "2", "3", "4"],
+                    [-10, -10, 20, 20],
+                    [60, 40, 30, 30],
+                    [100, 100, 5, 5],
+                    [5, 5, 0, 10],
+                    [5, 5, -4, 10],
+                    [0, 0, 64, 48],
+                    [1e30, 1e30, 1e30, 1e30],
+                    [[1, 2], [3, 4]],
+                    "1 2 3 4",
+                    None,
+                    [0.1, 0.1, 0.2, 0.2],
+                    [True, 1, 2, 3],
+                    [0, 0, 1e-9, 1e-9],
+                    [-1e308, -1e308, 1e308, 1e308],
+                ]
+            )
             done.append(f"bbox {annotation['bbox']!r}")
         elif kind == "category" and isinstance(coco.get("categories"), list):
             choice = rng.random()
@@ -310,7 +454,7 @@ def _mutate_coco_structure(coco, rng):
                 coco["categories"][0].pop(rng.choice(["id", "name"]), None)
                 done.append("category without id or name")
             elif coco["categories"] and isinstance(coco["categories"][-1], dict):
-                coco["categories"][-1]["id"] = rng.choice([1, 0, -1, "2", None, 2.0, 2 ** 40])
+                coco["categories"][-1]["id"] = rng.choice([1, 0, -1, "2", None, 2.0, 2**40])
                 done.append(f"category id {coco['categories'][-1]['id']!r}")
         elif kind == "duplicate":
             key = rng.choice(["images", "annotations"])
@@ -321,8 +465,15 @@ def _mutate_coco_structure(coco, rng):
             count = rng.choice([50, 300])
             for k in range(count):
                 x, y = rng.uniform(-20, 70), rng.uniform(-20, 50)
-                coco["annotations"].append({"id": 10 ** 6 + k, "image_id": 1, "category_id": rng.choice([1, 2]),
-                                            "bbox": [x, y, rng.uniform(-5, 40), rng.uniform(-5, 40)], "iscrowd": 0})
+                coco["annotations"].append(
+                    {
+                        "id": 10**6 + k,
+                        "image_id": 1,
+                        "category_id": rng.choice([1, 2]),
+                        "bbox": [x, y, rng.uniform(-5, 40), rng.uniform(-5, 40)],
+                        "iscrowd": 0,
+                    }
+                )
             done.append(f"{count} more annotations on image 1")
     return "; ".join(done) or "no change"
 
@@ -343,10 +494,23 @@ def _mutate_coco_text(text, rng):
         return (text[:a] + text[b:]).encode(), f"deleted [{a}:{b}]"
     if kind == "insert":
         a = rng.randrange(len(text))
-        return (text[:a] + rng.choice([",", "]", "}", "null", "NaN", '"x"', "\x00"]) + text[a:]).encode(), "inserted"
+        return (
+            text[:a] + rng.choice([",", "]", "}", "null", "NaN", '"x"', "\x00"]) + text[a:]
+        ).encode(), "inserted"
     if kind == "replace":
-        replacement = rng.choice(["", "null", "[]", "{}", "0", '"text"', "[1, 2, 3]", '{"images": []}',
-                                  '{"images": [], "annotations": [], "categories": []}'])
+        replacement = rng.choice(
+            [
+                "",
+                "null",
+                "[]",
+                "{}",
+                "0",
+                '"text"',
+                "[1, 2, 3]",
+                '{"images": []}',
+                '{"images": [], "annotations": [], "categories": []}',
+            ]
+        )
         return replacement.encode(), f"replaced by {replacement!r}"
     if kind == "deep":
         depth = rng.choice([1000, 100000])
@@ -390,11 +554,15 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
             for record in dicts:
                 height, width = record["height"], record["width"]
                 for a in record["annotations"]:
-                    assert 0 <= a["category_id"] < NUM_CLASSES, f"accepted category {a['category_id']!r}"
+                    assert 0 <= a["category_id"] < NUM_CLASSES, (
+                        f"accepted category {a['category_id']!r}"
+                    )
                     x0, y0, w, h = (float(v) for v in a["bbox"])
                     assert a["bbox_mode"] == BoxMode.XYWH_ABS
                     assert w > 0 and h > 0 and x0 >= 0 and y0 >= 0, f"accepted box {a['bbox']}"
-                    assert x0 + w <= width + 1e-3 and y0 + h <= height + 1e-3, f"accepted box {a['bbox']} outside"
+                    assert x0 + w <= width + 1e-3 and y0 + h <= height + 1e-3, (
+                        f"accepted box {a['bbox']} outside"
+                    )
             try:
                 batch = [train_mapper(r) for r in dicts]
                 for r in test_dicts:
@@ -404,8 +572,10 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
                 return f"error when read: {type(e).__name__}"
             if batch:
                 _train_forward(model, batch[:4])
-            repaired = any(r.levelno >= logging.WARNING and r.name.startswith("retinanet_plugin")
-                           for r in caplog.records)
+            repaired = any(
+                r.levelno >= logging.WARNING and r.name.startswith("retinanet_plugin")
+                for r in caplog.records
+            )
             return "accepted, repairs logged" if repaired else "accepted"
         finally:
             DatasetCatalog.remove(name)
@@ -416,22 +586,41 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
     fuzzer.report(capsys)
 
 
-# ==============================================================================================================
+# ==================================================================================================
 # Images
-# ==============================================================================================================
+# ==================================================================================================
 
 
 def _png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def _with_png_header(png, rng):
-    """The PNG with its IHDR rewritten (size, bit depth, colour type...), CRC recomputed so the chunk still checks."""
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", png[16:29])
+    """The PNG with its IHDR rewritten (size, bit depth, colour type...), CRC recomputed so the
+    chunk still checks."""
+    width, height, depth, color, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", png[16:29]
+    )
     field = rng.choice(["size", "size", "depth", "color", "interlace", "other"])
     if field == "size":
-        width, height = rng.choice([(0, 48), (64, 0), (1, 1), (65, 48), (64, 47), (20000, 20000), (2 ** 31 - 1, 1),
-                                    (64, 4800), (48, 64)])
+        width, height = rng.choice(
+            [
+                (0, 48),
+                (64, 0),
+                (1, 1),
+                (65, 48),
+                (64, 47),
+                (20000, 20000),
+                (2**31 - 1, 1),
+                (64, 4800),
+                (48, 64),
+            ]
+        )
     elif field == "depth":
         depth = rng.choice([1, 2, 4, 16, 3, 0, 255])
     elif field == "color":
@@ -459,12 +648,25 @@ def image_bases():
     """Valid encodings of one 48x64 picture: {name: (bytes, PIL format)}."""
     pixels = _image_pixels(7)
     bases = {}
-    for name, mode, fmt in (("rgb.png", "RGB", "PNG"), ("gray.png", "L", "PNG"), ("rgba.png", "RGBA", "PNG"),
-                            ("palette.png", "P", "PNG"), ("rgb.jpg", "RGB", "JPEG"), ("cmyk.jpg", "CMYK", "JPEG"),
-                            ("rgb.bmp", "RGB", "BMP"), ("rgb.gif", "P", "GIF"), ("rgb.tif", "RGB", "TIFF"),
-                            ("rgb.webp", "RGB", "WEBP"), ("deep.png", "I;16", "PNG")):
+    for name, mode, fmt in (
+        ("rgb.png", "RGB", "PNG"),
+        ("gray.png", "L", "PNG"),
+        ("rgba.png", "RGBA", "PNG"),
+        ("palette.png", "P", "PNG"),
+        ("rgb.jpg", "RGB", "JPEG"),
+        ("cmyk.jpg", "CMYK", "JPEG"),
+        ("rgb.bmp", "RGB", "BMP"),
+        ("rgb.gif", "P", "GIF"),
+        ("rgb.tif", "RGB", "TIFF"),
+        ("rgb.webp", "RGB", "WEBP"),
+        ("deep.png", "I;16", "PNG"),
+    ):
         image = Image.fromarray(pixels)
-        image = Image.fromarray((pixels[..., 0].astype(np.uint16) * 257)) if mode == "I;16" else image.convert(mode)
+        image = (
+            Image.fromarray((pixels[..., 0].astype(np.uint16) * 257))
+            if mode == "I;16"
+            else image.convert(mode)
+        )
         out = io.BytesIO()
         image.save(out, format=fmt)
         bases[name] = out.getvalue()
@@ -472,7 +674,9 @@ def image_bases():
 
 
 def _mutate_image_bytes(data, rng):
-    kind = rng.choice(["flip", "flip", "truncate", "insert", "zero", "append", "random", "empty", "head"])
+    kind = rng.choice(
+        ["flip", "flip", "truncate", "insert", "zero", "append", "random", "empty", "head"]
+    )
     data = bytearray(data)
     if kind == "flip":
         count = rng.choice([1, 2, 8, 32])
@@ -484,11 +688,13 @@ def _mutate_image_bytes(data, rng):
         return bytes(data[:cut]), f"truncated at {cut} of {len(data)}"
     if kind == "insert":
         at = rng.randrange(len(data))
-        return bytes(data[:at] + os.urandom(rng.randint(1, 64)) + data[at:]), f"bytes inserted at {at}"
+        return bytes(
+            data[:at] + os.urandom(rng.randint(1, 64)) + data[at:]
+        ), f"bytes inserted at {at}"
     if kind == "zero":
         at = rng.randrange(len(data))
         length = rng.randint(1, 256)
-        data[at:at + length] = bytes(len(data[at:at + length]))
+        data[at : at + length] = bytes(len(data[at : at + length]))
         return bytes(data), f"zeroed [{at}:{at + length}]"
     if kind == "append":
         return bytes(data) + os.urandom(rng.randint(1, 512)), "garbage appended"
@@ -496,7 +702,7 @@ def _mutate_image_bytes(data, rng):
         return os.urandom(rng.randint(1, 4096)), "random bytes"
     if kind == "empty":
         return b"", "empty file"
-    return bytes(data[:rng.randint(1, 40)]), "header only"
+    return bytes(data[: rng.randint(1, 40)]), "header only"
 
 
 def test_fuzz_images(tmp_path, image_bases, model_and_cfg, capsys, caplog):
@@ -523,9 +729,20 @@ def test_fuzz_images(tmp_path, image_bases, model_and_cfg, capsys, caplog):
             height, width = rng.choice([(64, 48), (47, 64), (48, 65)])
             description += f"; dataset says {height}x{width}"
         info["description"] = description
-        record = {"file_name": str(path), "image_id": index, "height": height, "width": width,
-                  "annotations": [{"bbox": [12.0, 10.0, 28.0, 20.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
-                                   "iscrowd": 0}]}
+        record = {
+            "file_name": str(path),
+            "image_id": index,
+            "height": height,
+            "width": width,
+            "annotations": [
+                {
+                    "bbox": [12.0, 10.0, 28.0, 20.0],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                }
+            ],
+        }
         caplog.clear()
         try:
             sample = mapper(record)
@@ -533,7 +750,9 @@ def test_fuzz_images(tmp_path, image_bases, model_and_cfg, capsys, caplog):
             _assert_names(e, path)
             return f"error: {type(e).__name__}"
         image = sample["image"]
-        assert image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3, f"image {image.shape}"
+        assert image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3, (
+            f"image {image.shape}"
+        )
         _train_forward(model, [sample])
         converted = any("converted to" in r.getMessage() for r in caplog.records)
         return "decoded, converted (logged)" if converted else "decoded"
@@ -543,9 +762,9 @@ def test_fuzz_images(tmp_path, image_bases, model_and_cfg, capsys, caplog):
     fuzzer.report(capsys)
 
 
-# ==============================================================================================================
+# ==================================================================================================
 # Checkpoints
-# ==============================================================================================================
+# ==================================================================================================
 
 
 class _Block(torch.nn.Module):
@@ -556,8 +775,9 @@ class _Block(torch.nn.Module):
 
 
 class TinyRetinaNetWeights(torch.nn.Module):
-    """The weight names and kinds of a ResNet-FPN RetinaNet (those the checkpointer and the converter read), with 4
-    channels: checkpoints of a few KB, so that hundreds of corrupted copies take no time."""
+    """The weight names and kinds of a ResNet-FPN RetinaNet (those the checkpointer and the
+    converter read), with 4 channels: checkpoints of a few KB, so that hundreds of corrupted copies
+    take no time."""
 
     def __init__(self, num_classes=NUM_CLASSES, anchors=9, channels=4):
         super().__init__()
@@ -580,12 +800,20 @@ class TinyRetinaNetWeights(torch.nn.Module):
         self.head.bbox_pred = conv(channels, anchors * 4, 3)
 
 
-_FORBIDDEN = [("posix", "system"), ("builtins", "eval"), ("subprocess", "Popen"), ("builtins", "getattr"),
-              ("torch._utils", "_rebuild_tensor_v2"), ("numpy", "load"), ("copyreg", "_reconstructor")]
+_FORBIDDEN = [
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("subprocess", "Popen"),
+    ("builtins", "getattr"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("numpy", "load"),
+    ("copyreg", "_reconstructor"),
+]
 
 
 class _Forbidden:
-    """Pickles to a call of a forbidden global by reference (never called here: every path must refuse it first)."""
+    """Pickles to a call of a forbidden global by reference (never called here: every path must
+    refuse it first)."""
 
     def __init__(self, module, name):
         self.module, self.name = module, name
@@ -595,29 +823,48 @@ class _Forbidden:
 
 
 def _forbidden_pickle(module, name):
-    """A pickle of {"model": {"w": array}, "x": module.name("echo never")}, written opcode by opcode."""
-    inner = pickle.dumps({"w": np.zeros(2, np.float32)}, protocol=2)[2:-1]  # the dict, without PROTO and STOP
+    """A pickle of {"model": {"w": array}, "x": module.name("echo never")}, written opcode by
+    opcode."""
+    inner = pickle.dumps({"w": np.zeros(2, np.float32)}, protocol=2)[
+        2:-1
+    ]  # the dict, without PROTO and STOP
     call = b"c" + f"{module}\n{name}\n".encode() + b"(Vecho never\ntR"
     return b"\x80\x02}(Vmodel\n" + inner + b"Vx\n" + call + b"u."
 
 
 def _structural_variants(state, rng):
-    """A checkpoint dict with one structural corruption of its content; returns (dict, description)."""
+    """A checkpoint dict with one structural corruption of its content; returns (dict,
+    description)."""
     state = dict(state)
-    kind = rng.choice(["value", "value", "value", "key", "drop", "model", "author", "blobs", "shape", "nested"])
+    kind = rng.choice(
+        ["value", "value", "value", "key", "drop", "model", "author", "blobs", "shape", "nested"]
+    )
     key = rng.choice(sorted(state))
     if kind == "value":
-        bad = rng.choice([
-            ("str", "text"), ("None", None), ("int", 3), ("list", [1.0, 2.0]), ("dict", {"a": np.zeros(1)}),
-            ("object array", np.array([1, "a"], dtype=object)),
-            ("string array", np.array(["a", "b"])), ("float128", np.zeros(3, dtype=np.longdouble)),
-            ("big-endian", state[key].astype(state[key].dtype.newbyteorder(">"))),
-            ("complex", state[key].astype(np.complex64)), ("bool", state[key] > 0), ("0-d", np.array(1.5, np.float32)),
-            ("NaN", np.full(state[key].shape, np.nan, np.float32)), ("inf", np.full(state[key].shape, np.inf, np.float32)),
-            ("empty", np.zeros((0,), np.float32)), ("int64", state[key].astype(np.int64)),
-            ("float16", state[key].astype(np.float16)), ("tensor", torch.from_numpy(state[key].copy())),
-            ("matrix", np.zeros((3, 3), np.float32)), ("5-d", state[key][None]),
-        ])
+        bad = rng.choice(
+            [
+                ("str", "text"),
+                ("None", None),
+                ("int", 3),
+                ("list", [1.0, 2.0]),
+                ("dict", {"a": np.zeros(1)}),
+                ("object array", np.array([1, "a"], dtype=object)),
+                ("string array", np.array(["a", "b"])),
+                ("float128", np.zeros(3, dtype=np.longdouble)),
+                ("big-endian", state[key].astype(state[key].dtype.newbyteorder(">"))),
+                ("complex", state[key].astype(np.complex64)),
+                ("bool", state[key] > 0),
+                ("0-d", np.array(1.5, np.float32)),
+                ("NaN", np.full(state[key].shape, np.nan, np.float32)),
+                ("inf", np.full(state[key].shape, np.inf, np.float32)),
+                ("empty", np.zeros((0,), np.float32)),
+                ("int64", state[key].astype(np.int64)),
+                ("float16", state[key].astype(np.float16)),
+                ("tensor", torch.from_numpy(state[key].copy())),
+                ("matrix", np.zeros((3, 3), np.float32)),
+                ("5-d", state[key][None]),
+            ]
+        )
         state[key] = bad[1]
         return {"model": state, "__author__": "fuzz"}, f"{key} := {bad[0]}"
     if kind == "key":
@@ -631,13 +878,18 @@ def _structural_variants(state, rng):
     if kind == "model":
         value = rng.choice([None, [], "model", 3, [np.zeros(1)], {}, np.zeros(3)])
         return {"model": value, "__author__": "fuzz"}, f"model := {type(value).__name__}"
-    if kind == "author":  # no __author__: Detectron2 reads it as a Caffe2 file, by name-matching heuristics
+    # no __author__: Detectron2 reads it as a Caffe2 file, by name-matching heuristics
+    if kind == "author":
         return {"model": state}, "no __author__ (Caffe2 heuristics)"
     if kind == "blobs":
         renamed = {k.replace(".", "_"): v for k, v in state.items()}
         return {"blobs": renamed}, "Caffe2 blobs"
     if kind == "shape":
-        state[key] = np.ascontiguousarray(np.swapaxes(state[key], 0, -1)) if state[key].ndim > 1 else state[key][:-1]
+        state[key] = (
+            np.ascontiguousarray(np.swapaxes(state[key], 0, -1))
+            if state[key].ndim > 1
+            else state[key][:-1]
+        )
         return {"model": state, "__author__": "fuzz"}, f"{key} reshaped to {state[key].shape}"
     value = rng.choice([collections.OrderedDict(state), {"inner": state}, [state], (state,)])
     return {"model": value, "__author__": "fuzz"}, f"model := {type(value).__name__} of weights"
@@ -658,7 +910,9 @@ def _as_tensors(value):
 
 def _mutate_bytes(data, rng):
     data = bytearray(data)
-    kind = rng.choice(["flip", "flip", "truncate", "insert", "delete", "zero", "duplicate", "empty", "random"])
+    kind = rng.choice(
+        ["flip", "flip", "truncate", "insert", "delete", "zero", "duplicate", "empty", "random"]
+    )
     if kind == "flip":
         count = rng.choice([1, 1, 2, 4, 16])
         for _ in range(count):
@@ -672,10 +926,10 @@ def _mutate_bytes(data, rng):
         return bytes(data[:at] + os.urandom(rng.randint(1, 16)) + data[at:]), f"inserted at {at}"
     if kind == "delete":
         at = rng.randrange(len(data))
-        return bytes(data[:at] + data[at + rng.randint(1, 64):]), f"deleted at {at}"
+        return bytes(data[:at] + data[at + rng.randint(1, 64) :]), f"deleted at {at}"
     if kind == "zero":
         at = rng.randrange(len(data))
-        data[at:at + 64] = bytes(len(data[at:at + 64]))
+        data[at : at + 64] = bytes(len(data[at : at + 64]))
         return bytes(data), f"zeroed at {at}"
     if kind == "duplicate":
         a = rng.randrange(len(data))
@@ -711,14 +965,24 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
             checkpoint, description = _structural_variants(state, rng)
             if suffix == ".pkl":
                 path.write_bytes(pickle.dumps(checkpoint, protocol=protocol))
-            else:  # what torch.save users write: tensors (arrays torch cannot take stay arrays, and are refused)
+            # what torch.save users write: tensors (arrays torch cannot take stay arrays, and are
+            # refused)
+            else:
                 torch.save(_as_tensors(checkpoint), path)
             return path, f"{suffix}: {description}"
-        base = pickle.dumps({"model": state, "__author__": "fuzz"}, protocol=protocol) if suffix == ".pkl" \
+        base = (
+            pickle.dumps({"model": state, "__author__": "fuzz"}, protocol=protocol)
+            if suffix == ".pkl"
             else good_pth.getvalue()
+        )
         data, description = _mutate_bytes(base, rng)
         path.write_bytes(data)
-        return path, f"{suffix} (protocol {protocol}): {description}" if suffix == ".pkl" else f".pth: {description}"
+        return (
+            path,
+            f"{suffix} (protocol {protocol}): {description}"
+            if suffix == ".pkl"
+            else f".pth: {description}",
+        )
 
     def case(rng, index, info):
         path, info["description"] = write_case(rng, index)
@@ -733,7 +997,8 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
         except (CheckpointReadError, CheckpointMismatchError, FileNotFoundError) as e:
             _assert_names(e, path)
             outcomes.append("refused")
-        # --resume from a damaged last checkpoint: falls back to the older good one, or names every file
+        # --resume from a damaged last checkpoint: falls back to the older good one, or names every
+        # file
         if path.suffix == ".pth":
             (path.parent / "model_0000001.pth").write_bytes(good_pth.getvalue())
             os.utime(path.parent / "model_0000001.pth", (1_000_000, 1_000_000))
@@ -741,8 +1006,9 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
             model = TinyRetinaNetWeights()
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
             try:
-                checkpoint = CheckedDetectionCheckpointer(model, str(path.parent), optimizer=optimizer).resume_or_load(
-                    "", resume=True)
+                checkpoint = CheckedDetectionCheckpointer(
+                    model, str(path.parent), optimizer=optimizer
+                ).resume_or_load("", resume=True)
                 assert checkpoint.get("iteration") in (3, None), checkpoint.get("iteration")
                 outcomes.append("resumed")
             except (CheckpointReadError, CheckpointMismatchError) as e:
@@ -753,7 +1019,9 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 convert_tool.main(["--input", str(path), "--output", str(output)])
-            assert torch.load(output, map_location="cpu", weights_only=True)["model"], "empty conversion"
+            assert torch.load(output, map_location="cpu", weights_only=True)["model"], (
+                "empty conversion"
+            )
             outcomes.append("converted")
         except (ValueError, FileNotFoundError) as e:
             _assert_names(e, path)

@@ -1,4 +1,6 @@
-"""Loss options: quality focal loss (MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS) and the sync-free GIoU loss."""
+"""Loss options: quality focal loss (MODEL.RETINANET_PLUGIN.CLASSIFICATION_LOSS) and the sync-free
+GIoU loss."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -24,7 +26,8 @@ def test_aligned_iou_and_giou_equal_detectron2_and_fvcore():
     a, b = _random_box_pairs(500, 0)
     expected_iou = pairwise_iou(Boxes(a), Boxes(b)).diagonal()
     assert (expected_iou == 0).sum() > 50 and (expected_iou > 0.2).sum() > 30
-    torch.testing.assert_close(aligned_box_iou(a, b), expected_iou.double(), atol=1e-6, rtol=1e-6)  # Boxes is fp32
+    # Boxes is fp32
+    torch.testing.assert_close(aligned_box_iou(a, b), expected_iou.double(), atol=1e-6, rtol=1e-6)
     a.requires_grad_(True)
     ours = giou_loss(a, b, reduction="none")
     ours.sum().backward()
@@ -42,33 +45,41 @@ def _qfl_training_losses(model):
     batch = _batch()
     with EventStorage():
         images = model.preprocess_image(batch)
-        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
-        predictions = model.head(features)
-        logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
-        losses = model.forward_training(images, features, predictions, [x["instances"] for x in batch])
-    return losses, logits, deltas, images, features
+        anchors, logits, deltas = model.dense_predictions(images.tensor)
+        losses = model.training_losses(anchors, logits, deltas, [x["instances"] for x in batch])
+    return losses, logits, deltas, images, anchors
 
 
 @pytest.mark.parametrize("impl", ["op", "reference"])
 def test_quality_focal_loss_uses_the_iou_of_the_predicted_box(small_cfg, impl):
     torch.manual_seed(0)
     model = build_model(small_cfg(**QFL, **{"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL": impl}))
-    losses, logits, deltas, images, features = _qfl_training_losses(model)
+    losses, logits, deltas, images, level_anchors = _qfl_training_losses(model)
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
 
-    # The same loss, computed independently: labels from the matcher, IoU from Detectron2's pairwise_iou.
-    anchors = Boxes.cat(model.anchor_generator(features)).tensor
+    # The same loss, computed independently: labels from the matcher, IoU from Detectron2's
+    # pairwise_iou.
+    anchors = Boxes.cat(level_anchors).tensor
     labels, matched = model.label_anchors(anchors, [x["instances"] for x in _batch()])
     deltas = torch.cat(deltas, dim=1).detach()
-    quality = torch.stack([
-        pairwise_iou(Boxes(model.box2box_transform.apply_deltas(d, anchors)), Boxes(m)).diagonal()
-        for d, m in zip(deltas, matched)
-    ])
+    quality = torch.stack(
+        [
+            pairwise_iou(
+                Boxes(model.box2box_transform.apply_deltas(d, anchors)), Boxes(m)
+            ).diagonal()
+            for d, m in zip(deltas, matched)
+        ]
+    )
     foreground = (labels >= 0) & (labels < model.num_classes)
-    assert foreground.sum() > 5 and quality[foreground].std() > 0  # a real soft target, not a constant
+    # a real soft target, not a constant
+    assert foreground.sum() > 5 and quality[foreground].std() > 0
     expected = quality_focal_loss_reference(
-        torch.cat(logits, dim=1).reshape(-1, model.num_classes).detach(), labels.reshape(-1), quality.reshape(-1),
-        beta=2.0, reduction="sum", normalizer=model.loss_normalizer,
+        torch.cat(logits, dim=1).reshape(-1, model.num_classes).detach(),
+        labels.reshape(-1),
+        quality.reshape(-1),
+        beta=2.0,
+        reduction="sum",
+        normalizer=model.loss_normalizer,
     )
     torch.testing.assert_close(losses["loss_cls"].detach(), expected, rtol=1e-5, atol=1e-6)
 
@@ -88,7 +99,10 @@ def test_quality_focal_loss_op_and_reference_give_the_same_gradients(small_cfg):
 
 @pytest.mark.parametrize(
     "key, value, message",
-    [("CLASSIFICATION_LOSS", "varifocal", "CLASSIFICATION_LOSS"), ("QUALITY_FOCAL_LOSS_BETA", -1.0, "BETA")],
+    [
+        ("CLASSIFICATION_LOSS", "varifocal", "CLASSIFICATION_LOSS"),
+        ("QUALITY_FOCAL_LOSS_BETA", -1.0, "BETA"),
+    ],
 )
 def test_bad_loss_options_are_named(small_cfg, key, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,6 @@
-"""The built wheel carries the compiled op and every shipped config (model-zoo style use after a plain install)."""
+"""The built wheel carries the compiled op and every shipped config (model-zoo style use after a
+plain install)."""
+
 import os
 import subprocess
 import sys
@@ -12,18 +14,36 @@ from conftest import REPO_ROOT
 
 @pytest.mark.slow
 def test_wheel_ships_configs_and_the_op(tmp_path):
-    env = dict(os.environ, FORCE_CUDA="0")  # the CPU kernels are enough to check the packaging; faster
+    # the CPU kernels are enough to check the packaging; faster
+    env = dict(os.environ, FORCE_CUDA="0")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path), REPO_ROOT],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            REPO_ROOT,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("retinanet_plugin-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = Path(REPO_ROOT, "configs")
-    expected = {f"retinanet_plugin/model_zoo_configs/{p.relative_to(configs)}" for p in configs.rglob("*.yaml")}
+    expected = {
+        f"retinanet_plugin/model_zoo_configs/{p.relative_to(configs)}"
+        for p in configs.rglob("*.yaml")
+    }
     assert expected and expected <= names, sorted(expected - names)
     assert any(n.startswith("retinanet_plugin/_C.") and n.endswith(".so") for n in names)
     from retinanet_plugin import model_zoo
 
-    assert model_zoo._CONFIG_DIRS[0].name == "model_zoo_configs"  # where an installed copy looks first
+    # where an installed copy looks first
+    assert model_zoo._CONFIG_DIRS[0].name == "model_zoo_configs"

@@ -1,13 +1,15 @@
-"""Parity with Detectron2's built-in RetinaNet: with the same weights, ``RetinaNetPlugin`` gives the same
-losses, gradients, loss normaliser and detections as ``detectron2.modeling.meta_arch.RetinaNet``.
+"""Parity with Detectron2's built-in RetinaNet: with the same weights, ``RetinaNetPlugin`` gives the
+same losses, gradients, loss normaliser and detections as
+``detectron2.modeling.meta_arch.RetinaNet``.
 
 Detectron2's model is built from Detectron2's own ``COCO-Detection/retinanet_R_50_FPN_1x.yaml``, the
 plugin's from ``configs/retinanet_R50.yaml``; weights go from one to the other through
-``convert_detectron2_retinanet_state_dict``. Random weights are made "sane" (FrozenBN statistics calibrated
-on the inputs, head weights scaled) so that the logits are in a normal range and the detections are many,
-of several classes and with spread scores: the comparisons then have something to compare, and the
-negative controls show that one changed config key breaks them.
+``convert_detectron2_retinanet_state_dict``. Random weights are made "sane" (FrozenBN statistics
+calibrated on the inputs, head weights scaled) so that the logits are in a normal range and the
+detections are many, of several classes and with spread scores: the comparisons then have something
+to compare, and the negative controls show that one changed config key breaks them.
 """
+
 import copy
 import math
 from pathlib import Path
@@ -68,12 +70,15 @@ def plugin_cfg(depth_name, focal_loss_impl="reference", overrides=()):
 
 
 def make_images():
-    """Two smooth random images (values 0-255, CHW float) of different sizes, so padding is exercised."""
+    """Two smooth random images (values 0-255, CHW float) of different sizes, so padding is
+    exercised."""
     generator = torch.Generator().manual_seed(1)
     images = []
     for height, width in IMAGE_SIZES:
         low = torch.rand(1, 3, height // 8, width // 8, generator=generator)
-        images.append(torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")[0] * 255.0)
+        images.append(
+            torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")[0] * 255.0
+        )
     return images
 
 
@@ -85,7 +90,8 @@ def make_instances(image_size, boxes, classes):
 
 
 def training_batch(step):
-    """Image 0 has a few boxes (different ones at each step, so the foreground count changes); image 1 none."""
+    """Image 0 has a few boxes (different ones at each step, so the foreground count changes); image
+    1 none."""
     images = make_images()
     if step == 0:
         boxes, classes = [[10, 20, 90, 120], [100, 40, 210, 150], [50, 60, 80, 90]], [3, 17, 3]
@@ -100,7 +106,8 @@ def training_batch(step):
 
 def inference_batch():
     images = make_images()
-    # The first image asks for a larger output resolution, so the rescaling of the boxes is compared too.
+    # The first image asks for a larger output resolution, so the rescaling of the boxes is compared
+    # too.
     return [{"image": images[0], "height": 240, "width": 336}, {"image": images[1]}]
 
 
@@ -119,7 +126,8 @@ def detectron2_model(depth_name):
 
 
 def plugin_model_like(reference, cfg):
-    """The plugin's model built from ``cfg``, with ``reference``'s weights copied through the converter."""
+    """The plugin's model built from ``cfg``, with ``reference``'s weights copied through the
+    converter."""
     model = build_model(cfg)
     assert type(model) is RetinaNetPlugin
     state_dict, report = convert_detectron2_retinanet_state_dict(reference.state_dict())
@@ -128,9 +136,11 @@ def plugin_model_like(reference, cfg):
     return model
 
 
-# ---------------------------------------------------------------------------------------- comparisons
+# ----------------------------------------------------------------------------------------
+# comparisons
 def sorted_detections(instances):
-    """(boxes, scores, classes) sorted by class, then score (descending): an order both models share."""
+    """(boxes, scores, classes) sorted by class, then score (descending): an order both models
+    share."""
     boxes, scores, classes = instances.pred_boxes.tensor, instances.scores, instances.pred_classes
     order = sorted(range(len(scores)), key=lambda i: (int(classes[i]), -float(scores[i])))
     order = torch.tensor(order, dtype=torch.int64)
@@ -144,7 +154,11 @@ def detection_differences(outputs_a, outputs_b):
         a, b = a["instances"], b["instances"]
         boxes_a, scores_a, classes_a = sorted_detections(a)
         boxes_b, scores_b, classes_b = sorted_detections(b)
-        if a.image_size != b.image_size or len(a) != len(b) or not torch.equal(classes_a, classes_b):
+        if (
+            a.image_size != b.image_size
+            or len(a) != len(b)
+            or not torch.equal(classes_a, classes_b)
+        ):
             return {"boxes": math.inf, "scores": math.inf, "count": diff["count"] + len(a)}
         if len(a):
             diff["boxes"] = max(diff["boxes"], float((boxes_a - boxes_b).abs().max()))
@@ -164,17 +178,23 @@ def training_step(model, step, optimizer=None):
 
     Returns (losses as floats, normaliser after the step, {param name: grad} or {})."""
     model.train()
-    # Detectron2's focal loss is TorchScript; its profiling executor would spend seconds re-optimising the
-    # graph on every new input shape. Plain interpretation runs the same ops, fast.
+    # Detectron2's focal loss is TorchScript; its profiling executor would spend seconds
+    # re-optimising the graph on every new input shape. Plain interpretation runs the same ops,
+    # fast.
     with EventStorage(), torch.jit.optimized_execution(False):
         losses = model(training_batch(step))
     grads = {}
     if optimizer is not None:
         optimizer.zero_grad()
         sum(losses.values()).backward()
-        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if name in GRADIENT_PARAMS}
+        grads = {
+            name: p.grad.detach().clone()
+            for name, p in model.named_parameters()
+            if name in GRADIENT_PARAMS
+        }
         optimizer.step()
-    normalizer = float(model.loss_normalizer)  # a python float in Detectron2, a buffer in the plugin
+    # a python float in Detectron2, a buffer in the plugin
+    normalizer = float(model.loss_normalizer)
     return {k: v.item() for k, v in losses.items()}, normalizer, grads
 
 
@@ -182,7 +202,8 @@ def max_abs_diff(a, b):
     return max(abs(a[k] - b[k]) for k in a) if set(a) == set(b) else math.inf
 
 
-# ---------------------------------------------------------------------------------------------- tests
+# ----------------------------------------------------------------------------------------------
+# tests
 @pytest.mark.parametrize("depth_name", list(DEPTHS))
 def test_detections_match_detectron2(depth_name):
     reference = detectron2_model(depth_name)
@@ -190,15 +211,19 @@ def test_detections_match_detectron2(depth_name):
     expected = run_inference(reference)
     actual = run_inference(plugin)
 
-    # The weights give a meaningful comparison: many boxes per image, several classes, spread scores.
+    # The weights give a meaningful comparison: many boxes per image, several classes, spread
+    # scores.
     for output in expected:
         instances = output["instances"]
         assert len(instances) >= 50
         assert len(set(instances.pred_classes.tolist())) >= 5
         assert float(instances.scores.max() - instances.scores.min()) > 0.1
     diff = detection_differences(expected, actual)
-    print(f"\n[{depth_name}] detections compared: {diff['count']}, max |box diff| {diff['boxes']:.3g} px, "
-          f"max |score diff| {diff['scores']:.3g}")
+    print(
+        f"\n[{depth_name}] detections compared: {diff['count']}, max |box diff| "
+        f"{diff['boxes']:.3g} px, "
+        f"max |score diff| {diff['scores']:.3g}"
+    )
     assert diff["boxes"] <= TOLERANCE and diff["scores"] <= TOLERANCE, diff
 
 
@@ -214,15 +239,18 @@ def test_losses_gradients_and_normalizer_match_detectron2(depth_name, focal_loss
         torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3)
         for m in (reference, plugin)
     ]
-    assert not hasattr(reference, "loss_normalizer")  # Detectron2 creates it (at 100) on the first step
+    # Detectron2 creates it (at 100) on the first step
+    assert not hasattr(reference, "loss_normalizer")
 
     normalizers = [100.0]
-    # Step 0: forward, backward (gradients compared) and an SGD update; step 1: forward on the updated
-    # weights with other boxes (losses and normaliser compared again).
+    # Step 0: forward, backward (gradients compared) and an SGD update; step 1: forward on the
+    # updated weights with other boxes (losses and normaliser compared again).
     for step, with_update in ((0, True), (1, False)):
         optimizer_ref, optimizer_plugin = optimizers if with_update else (None, None)
         losses_ref, normalizer_ref, grads_ref = training_step(reference, step, optimizer_ref)
-        losses_plugin, normalizer_plugin, grads_plugin = training_step(plugin, step, optimizer_plugin)
+        losses_plugin, normalizer_plugin, grads_plugin = training_step(
+            plugin, step, optimizer_plugin
+        )
         print(
             f"\n[{depth_name}, {focal_loss_impl}, step {step}] losses {losses_ref}, "
             f"max |loss diff| {max_abs_diff(losses_ref, losses_plugin):.3g} "
@@ -237,34 +265,49 @@ def test_losses_gradients_and_normalizer_match_detectron2(depth_name, focal_loss
         if not with_update:
             continue
         assert set(grads_ref) == set(GRADIENT_PARAMS) == set(grads_plugin)
-        grad_diff = max(float((grads_ref[k] - grads_plugin[k]).abs().max()) for k in GRADIENT_PARAMS)
+        grad_diff = max(
+            float((grads_ref[k] - grads_plugin[k]).abs().max()) for k in GRADIENT_PARAMS
+        )
         grad_scale = max(float(grads_ref[k].abs().max()) for k in GRADIENT_PARAMS)
-        print(f"[{depth_name}, {focal_loss_impl}] max |grad diff| {grad_diff:.3g} (max |grad| {grad_scale:.3g})")
+        print(
+            f"[{depth_name}, {focal_loss_impl}] max |grad diff| {grad_diff:.3g} (max |grad| "
+            f"{grad_scale:.3g})"
+        )
         for name in GRADIENT_PARAMS:
             assert grads_ref[name].abs().max() > 0, name
-            torch.testing.assert_close(grads_plugin[name], grads_ref[name], atol=TOLERANCE, rtol=TOLERANCE, msg=name)
+            torch.testing.assert_close(
+                grads_plugin[name], grads_ref[name], atol=TOLERANCE, rtol=TOLERANCE, msg=name
+            )
     # The two steps have different foreground counts: the normaliser moved at each step.
     assert normalizers[0] != normalizers[1] != normalizers[2]
 
 
 @pytest.mark.parametrize("box_loss", ["giou", "diou", "ciou"])
 def test_box_loss_variants_match_detectron2(box_loss):
-    """MODEL.RETINANET.BBOX_REG_LOSS_TYPE: the plugin's sync-free GIoU and Detectron2's DIoU/CIoU losses give
-    Detectron2's loss and gradients (its RetinaNet uses fvcore's GIoU and its own DIoU/CIoU)."""
+    """MODEL.RETINANET.BBOX_REG_LOSS_TYPE: the plugin's sync-free GIoU and Detectron2's DIoU/CIoU
+    losses give Detectron2's loss and gradients (its RetinaNet uses fvcore's GIoU and its own
+    DIoU/CIoU)."""
     reference = detectron2_model("R18")
     reference.box_reg_loss_type = box_loss
-    plugin = plugin_model_like(reference, plugin_cfg("R18", "op", ["MODEL.RETINANET.BBOX_REG_LOSS_TYPE", box_loss]))
+    plugin = plugin_model_like(
+        reference, plugin_cfg("R18", "op", ["MODEL.RETINANET.BBOX_REG_LOSS_TYPE", box_loss])
+    )
     results = []
     for model in (reference, plugin):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         results.append(training_step(model, 0, optimizer))
     (losses_ref, _, grads_ref), (losses_plugin, _, grads_plugin) = results
-    print(f"\n[{box_loss}] losses {losses_ref}, max |loss diff| {max_abs_diff(losses_ref, losses_plugin):.3g}")
+    print(
+        f"\n[{box_loss}] losses {losses_ref}, max |loss diff| "
+        f"{max_abs_diff(losses_ref, losses_plugin):.3g}"
+    )
     assert losses_ref["loss_box_reg"] > 0
     assert max_abs_diff(losses_ref, losses_plugin) <= TOLERANCE
     for name in ("head.bbox_pred.weight", "head.bbox_subnet.6.weight"):
         assert grads_ref[name].abs().max() > 0, name
-        torch.testing.assert_close(grads_plugin[name], grads_ref[name], atol=TOLERANCE, rtol=TOLERANCE, msg=name)
+        torch.testing.assert_close(
+            grads_plugin[name], grads_ref[name], atol=TOLERANCE, rtol=TOLERANCE, msg=name
+        )
 
 
 # A changed key must break the parity that the tests above check: shows they can fail.
@@ -281,17 +324,24 @@ def _merge(key, value):
 # name -> (what it changes in the plugin's config, the comparison that must then fail)
 PERTURBATIONS = {
     "one anchor size": (_change_one_anchor_size, "detections"),
-    "aspect ratio order": (_merge("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[2.0, 1.0, 0.5]]), "detections"),
+    "aspect ratio order": (
+        _merge("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[2.0, 1.0, 0.5]]),
+        "detections",
+    ),
     "NMS threshold": (_merge("MODEL.RETINANET.NMS_THRESH_TEST", 0.55), "detections"),
     "IoU thresholds": (_merge("MODEL.RETINANET.IOU_THRESHOLDS", [0.4, 0.55]), "losses"),
     "focal loss gamma": (_merge("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 1.5), "losses"),
-    "box regression weights": (_merge("MODEL.RETINANET.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.5, 1.5)), "losses"),
+    "box regression weights": (
+        _merge("MODEL.RETINANET.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.5, 1.5)),
+        "losses",
+    ),
 }
 _REFERENCE_OUTPUTS = {}
 
 
 def reference_outputs(depth_name, kind):
-    """Detectron2's detections on ``inference_batch()`` or losses on ``training_batch(0)`` (cached)."""
+    """Detectron2's detections on ``inference_batch()`` or losses on ``training_batch(0)``
+    (cached)."""
     if (depth_name, kind) not in _REFERENCE_OUTPUTS:
         model = detectron2_model(depth_name)
         outputs = run_inference(model) if kind == "detections" else training_step(model, 0)[0]
@@ -313,7 +363,10 @@ def test_parity_breaks_when_one_config_key_differs(perturbation):
     else:
         diff = training_step(plugin, 0)[0]
         worst = max_abs_diff(expected, diff)
-    print(f"\n[{perturbation}] {kind}: {diff} vs Detectron2's {expected if kind == 'losses' else '...'}")
+    print(
+        f"\n[{perturbation}] {kind}: {diff} vs Detectron2's "
+        f"{expected if kind == 'losses' else '...'}"
+    )
     assert worst > 100 * TOLERANCE
 
 
@@ -326,7 +379,9 @@ def test_p6p7_from_p5_builds_and_reads_p5():
     assert top_block.p6.weight.shape[1] == cfg.MODEL.FPN.OUT_CHANNELS  # not res5's 512 channels
 
     seen = {}
-    hook = top_block.register_forward_pre_hook(lambda module, args: seen.setdefault("input", args[0]))
+    hook = top_block.register_forward_pre_hook(
+        lambda module, args: seen.setdefault("input", args[0])
+    )
     images = model.preprocess_image(inference_batch())
     with torch.no_grad():
         features = model.backbone(images.tensor)
@@ -336,7 +391,12 @@ def test_p6p7_from_p5_builds_and_reads_p5():
     padded_h, padded_w = images.tensor.shape[-2:]
     for level, stride in zip(("p3", "p4", "p5", "p6", "p7"), (8, 16, 32, 64, 128)):
         assert model.backbone.output_shape()[level].stride == stride
-        expected_shape = (2, cfg.MODEL.FPN.OUT_CHANNELS, math.ceil(padded_h / stride), math.ceil(padded_w / stride))
+        expected_shape = (
+            2,
+            cfg.MODEL.FPN.OUT_CHANNELS,
+            math.ceil(padded_h / stride),
+            math.ceil(padded_w / stride),
+        )
         assert features[level].shape == expected_shape
     with torch.no_grad():
         outputs = model(inference_batch())

@@ -1,11 +1,18 @@
-"""Importing the plugin registers its components; each is built through its registry from YAML; configs."""
+"""Importing the plugin registers its components; each is built through its registry from YAML;
+configs."""
+
 import re
 from pathlib import Path
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.modeling import ANCHOR_GENERATOR_REGISTRY, BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
+from detectron2.modeling import (
+    ANCHOR_GENERATOR_REGISTRY,
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    build_model,
+)
 
 import retinanet_plugin
 from retinanet_plugin import model_zoo
@@ -16,14 +23,17 @@ D2_ZOO = Path(__import__("detectron2").__file__).parent / "model_zoo" / "configs
 
 def test_import_registers_components_under_distinct_names():
     assert META_ARCH_REGISTRY.get("RetinaNetPlugin") is retinanet_plugin.modeling.RetinaNetPlugin
-    assert BACKBONE_REGISTRY.get("build_retinanet_plugin_resnet_fpn_backbone") is not BACKBONE_REGISTRY.get(
-        "build_retinanet_resnet_fpn_backbone"
-    )
-    assert ANCHOR_GENERATOR_REGISTRY.get("RetinaNetPluginAnchorGenerator") is not ANCHOR_GENERATOR_REGISTRY.get(
-        "DefaultAnchorGenerator"
-    )
+    assert BACKBONE_REGISTRY.get(
+        "build_retinanet_plugin_resnet_fpn_backbone"
+    ) is not BACKBONE_REGISTRY.get("build_retinanet_resnet_fpn_backbone")
+    assert ANCHOR_GENERATOR_REGISTRY.get(
+        "RetinaNetPluginAnchorGenerator"
+    ) is not ANCHOR_GENERATOR_REGISTRY.get("DefaultAnchorGenerator")
     assert META_ARCH_REGISTRY.get("RetinaNet") is not META_ARCH_REGISTRY.get("RetinaNetPlugin")
-    assert RETINANET_PLUGIN_HEAD_REGISTRY.get("RetinaNetPluginHead") is retinanet_plugin.modeling.RetinaNetPluginHead
+    assert (
+        RETINANET_PLUGIN_HEAD_REGISTRY.get("RetinaNetPluginHead")
+        is retinanet_plugin.modeling.RetinaNetPluginHead
+    )
 
 
 def test_every_plugin_key_is_documented_beside_its_default():
@@ -35,19 +45,29 @@ def test_every_plugin_key_is_documented_beside_its_default():
         lines = [i for i, line in enumerate(source) if re.match(rf"\s*node\.{key}\s*=", line)]
         assert len(lines) == 1, f"{key} is not assigned exactly once in config.py"
         above = source[lines[0] - 1].strip()
-        # a key is documented by the comment right above it, or shares the comment block of the key above it
-        assert above.startswith("#") or re.match(r"node\.\w+\s*=", above), f"{key} has no comment beside it"
+        # a key is documented by the comment right above it, or shares the comment block of the key
+        # above it
+        assert above.startswith("#") or re.match(r"node\.\w+\s*=", above), (
+            f"{key} has no comment beside it"
+        )
 
 
 def test_every_plugin_dataset_key_is_documented_beside_its_default():
-    """The keys the plugin adds under DATASETS (those a plain Detectron2 config lacks) follow the same rule."""
+    """The keys the plugin adds under DATASETS (those a plain Detectron2 config lacks) follow the
+    same rule."""
     source = (Path(retinanet_plugin.__file__).parent / "config.py").read_text().splitlines()
-    added = set(retinanet_plugin.add_retinanet_plugin_config(get_cfg()).DATASETS) - set(get_cfg().DATASETS)
+    added = set(retinanet_plugin.add_retinanet_plugin_config(get_cfg()).DATASETS) - set(
+        get_cfg().DATASETS
+    )
     assert {"VOC_CLASSES", "EXIF_ORIENTATION", "MAX_IMAGE_PIXELS"} <= added
     for key in added:
-        lines = [i for i, line in enumerate(source) if re.match(rf"\s*cfg\.DATASETS\.{key}\s*=", line)]
+        lines = [
+            i for i, line in enumerate(source) if re.match(rf"\s*cfg\.DATASETS\.{key}\s*=", line)
+        ]
         assert len(lines) == 1, f"DATASETS.{key} is not assigned exactly once in config.py"
-        assert source[lines[0] - 1].strip().startswith("#"), f"DATASETS.{key} has no comment beside it"
+        assert source[lines[0] - 1].strip().startswith("#"), (
+            f"DATASETS.{key} has no comment beside it"
+        )
 
 
 def test_add_config_is_idempotent_and_keeps_values():
@@ -57,12 +77,18 @@ def test_add_config_is_idempotent_and_keeps_values():
     assert cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT == "p5"
 
 
-@pytest.mark.parametrize("name", ["retinanet_R50.yaml", "retinanet_R50_3x.yaml", "retinanet_R101_3x.yaml"])
+@pytest.mark.parametrize(
+    "name", ["retinanet_R50.yaml", "retinanet_R50_3x.yaml", "retinanet_R101_3x.yaml"]
+)
 def test_shipped_configs_match_detectron2_model_zoo(name):
-    """Our leaves carry the hyperparameters of Detectron2's own model-zoo configs, only the component names differ."""
+    """Our leaves carry the hyperparameters of Detectron2's own model-zoo configs, only the
+    component names differ."""
     ours = model_zoo.get_config(name)
-    d2_name = {"retinanet_R50.yaml": "retinanet_R_50_FPN_1x.yaml", "retinanet_R50_3x.yaml": "retinanet_R_50_FPN_3x.yaml",
-               "retinanet_R101_3x.yaml": "retinanet_R_101_FPN_3x.yaml"}[name]
+    d2_name = {
+        "retinanet_R50.yaml": "retinanet_R_50_FPN_1x.yaml",
+        "retinanet_R50_3x.yaml": "retinanet_R_50_FPN_3x.yaml",
+        "retinanet_R101_3x.yaml": "retinanet_R_101_FPN_3x.yaml",
+    }[name]
     theirs = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
     theirs.merge_from_file(str(D2_ZOO / "COCO-Detection" / d2_name))
     assert ours.MODEL.META_ARCHITECTURE == "RetinaNetPlugin"
@@ -78,7 +104,12 @@ def test_shipped_configs_match_detectron2_model_zoo(name):
 
 def test_model_zoo_lists_and_rejects(tmp_path):
     names = model_zoo.list_configs()
-    for expected in ("Base-RetinaNet.yaml", "retinanet_R50.yaml", "retinanet_R50_3x.yaml", "retinanet_R101_3x.yaml"):
+    for expected in (
+        "Base-RetinaNet.yaml",
+        "retinanet_R50.yaml",
+        "retinanet_R50_3x.yaml",
+        "retinanet_R101_3x.yaml",
+    ):
         assert expected in names
     with pytest.raises(FileNotFoundError, match="retinanet_R50.yaml"):
         model_zoo.get_config_file("retinanet_R5O.yaml")
@@ -112,7 +143,13 @@ def test_components_are_built_through_registries_from_yaml(small_cfg):
     assert type(model).__name__ == "RetinaNetPlugin"
     shapes = model.backbone.output_shape()
     assert sorted(shapes) == ["p3", "p4", "p5", "p6", "p7"]
-    assert {k: v.stride for k, v in shapes.items()} == {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+        "p7": 128,
+    }
     assert {v.channels for v in shapes.values()} == {256}
     assert type(model.anchor_generator).__name__ == "RetinaNetPluginAnchorGenerator"
     assert type(model.head).__name__ == "RetinaNetPluginHead"
@@ -126,7 +163,13 @@ def test_backbone_depths(small_cfg, depth):
     cfg = small_cfg(depth=depth)
     backbone = build_backbone(cfg)
     out = backbone(torch.zeros(1, 3, 128, 128))
-    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [
+        (16, 16),
+        (8, 8),
+        (4, 4),
+        (2, 2),
+        (1, 1),
+    ]
 
 
 def test_p6_from_p5_option(small_cfg):
@@ -143,12 +186,28 @@ def test_p6_from_p5_option(small_cfg):
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("MODEL.RETINANET.IN_FEATURES", ["p3", "p4", "p5", "p6", "p8"], "MODEL.RETINANET.IN_FEATURES"),
+        (
+            "MODEL.RETINANET.IN_FEATURES",
+            ["p3", "p4", "p5", "p6", "p8"],
+            "MODEL.RETINANET.IN_FEATURES",
+        ),
         ("MODEL.RETINANET.IOU_THRESHOLDS", [0.5, 0.4], "MODEL.RETINANET.IOU_THRESHOLDS"),
         ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128]], "MODEL.ANCHOR_GENERATOR.SIZES"),
-        ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[0.5], [1.0]], "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"),
-        ("MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER", "mean", "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER"),
-        ("MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL", "cuda", "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL"),
+        (
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+            [[0.5], [1.0]],
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+        ),
+        (
+            "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER",
+            "mean",
+            "MODEL.RETINANET_PLUGIN.LOSS_NORMALIZER",
+        ),
+        (
+            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL",
+            "cuda",
+            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL",
+        ),
         ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "l2", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE"),
         ("MODEL.RETINANET.PRIOR_PROB", 1.5, "MODEL.RETINANET.PRIOR_PROB"),
     ],
@@ -169,11 +228,16 @@ def test_trainer_optimizer_choice(small_cfg, name, expected):
     assert isinstance(optimizer, expected)
     assert all(group["lr"] == 0.003 for group in optimizer.param_groups)
     # norm parameters get SOLVER.WEIGHT_DECAY_NORM (0 by default), convs SOLVER.WEIGHT_DECAY
-    assert sorted({group["weight_decay"] for group in optimizer.param_groups}) == [0.0, cfg.SOLVER.WEIGHT_DECAY]
+    assert sorted({group["weight_decay"] for group in optimizer.param_groups}) == [
+        0.0,
+        cfg.SOLVER.WEIGHT_DECAY,
+    ]
 
 
 def test_trainer_rejects_unknown_optimizer(small_cfg):
     from retinanet_plugin.engine import RetinaNetPluginTrainer
 
     with pytest.raises(ValueError, match="MODEL.RETINANET_PLUGIN.OPTIMIZER"):
-        RetinaNetPluginTrainer.build_optimizer(small_cfg(**{"MODEL.RETINANET_PLUGIN.OPTIMIZER": "Adam"}), torch.nn.Linear(2, 2))
+        RetinaNetPluginTrainer.build_optimizer(
+            small_cfg(**{"MODEL.RETINANET_PLUGIN.OPTIMIZER": "Adam"}), torch.nn.Linear(2, 2)
+        )

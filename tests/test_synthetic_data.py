@@ -1,5 +1,6 @@
-"""The embedded synthetic shapes dataset: deterministic, atomic and idempotent generation, tight boxes, coverage of
-classes and sizes, Detectron2 registration and evaluation, and the dataset file checks."""
+"""The embedded synthetic shapes dataset: deterministic, atomic and idempotent generation, tight
+boxes, coverage of classes and sizes, Detectron2 registration and evaluation, and the dataset file
+checks."""
 
 import json
 import os
@@ -8,7 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BoxMode, Boxes, Instances
 
@@ -26,7 +32,8 @@ from retinanet_plugin.data.synthetic_shapes import (
 )
 
 SMALL = dict(num_train=20, num_val=20)
-# plain backgrounds, no noise, lossless files: every pixel that differs from the background belongs to a shape
+# plain backgrounds, no noise, lossless files: every pixel that differs from the background belongs
+# to a shape
 CLEAN = dict(SMALL, gradient_probability=0.0, max_noise_std=0.0, image_format="png")
 
 
@@ -41,7 +48,8 @@ def _boxes(coco):
 
 @pytest.fixture
 def small_registration(tmp_path):
-    """The synthetic datasets registered on a 20 + 20 image dataset in tmp_path; the default one restored after."""
+    """The synthetic datasets registered on a 20 + 20 image dataset in tmp_path; the default one
+    restored after."""
     root = str(tmp_path / "shapes")
     register_synthetic_shapes(root, **SMALL)
     yield root
@@ -58,11 +66,17 @@ def test_same_seed_gives_identical_files_and_val_is_held_out(tmp_path):
                 assert fa.read() == fb.read(), name
         assert _load(a, split) != _load(c, split), "another seed must give another dataset"
     # val comes from its own random stream: no val image repeats a train image
-    train_bytes = {open(os.path.join(a, "train", f), "rb").read() for f in os.listdir(os.path.join(a, "train"))}
-    assert not train_bytes & {open(os.path.join(a, "val", f), "rb").read() for f in os.listdir(os.path.join(a, "val"))}
+    train_bytes = {
+        open(os.path.join(a, "train", f), "rb").read() for f in os.listdir(os.path.join(a, "train"))
+    }
+    assert not train_bytes & {
+        open(os.path.join(a, "val", f), "rb").read() for f in os.listdir(os.path.join(a, "val"))
+    }
 
 
-def test_complete_dataset_is_reused_and_damaged_or_stale_ones_are_regenerated(tmp_path, monkeypatch):
+def test_complete_dataset_is_reused_and_damaged_or_stale_ones_are_regenerated(
+    tmp_path, monkeypatch
+):
     root = ensure_synthetic_shapes(str(tmp_path / "shapes"), **SMALL)
     image = os.path.join(root, "train", "000003.jpg")
     before = [os.stat(os.path.join(root, p)).st_mtime_ns for p in ("manifest.json", "val.json")] + [
@@ -92,11 +106,17 @@ def test_complete_dataset_is_reused_and_damaged_or_stale_ones_are_regenerated(tm
     ensure_synthetic_shapes(root, **SMALL)
     assert _load(root, "val") == reference
     ensure_synthetic_shapes(root, num_train=20, num_val=7)  # other parameters: stale
-    assert len(_load(root, "val")["images"]) == 7 and len(os.listdir(os.path.join(root, "val"))) == 7
-    assert sorted(os.listdir(tmp_path)) == [".shapes.lock", "shapes"], "temporary folders left behind"
+    assert (
+        len(_load(root, "val")["images"]) == 7 and len(os.listdir(os.path.join(root, "val"))) == 7
+    )
+    assert sorted(os.listdir(tmp_path)) == [".shapes.lock", "shapes"], (
+        "temporary folders left behind"
+    )
 
 
-def test_interrupted_generation_leaves_nothing_and_foreign_folders_are_not_replaced(tmp_path, monkeypatch):
+def test_interrupted_generation_leaves_nothing_and_foreign_folders_are_not_replaced(
+    tmp_path, monkeypatch
+):
     original = shapes._write_split
 
     def fail_on_val(params, split, folder):
@@ -143,23 +163,34 @@ def test_boxes_are_tight_around_the_drawn_pixels(tmp_path):
             outside = image[~inside_any]
             background = outside[0]
             # nothing is drawn outside the boxes: the plain background is all that is left there
-            assert (outside == background).all(), f"{split} image {index}: drawn pixels outside every box"
+            assert (outside == background).all(), (
+                f"{split} image {index}: drawn pixels outside every box"
+            )
             drawn = (image != background).any(axis=2)
             for ann in anns:
                 x, y, w, h = ann["bbox"]
                 patch = drawn[y : y + h, x : x + w]
-                # tight: each side of the box touches a drawn pixel, and the shape fills a good part of it
-                assert patch[0].any() and patch[-1].any() and patch[:, 0].any() and patch[:, -1].any()
-                assert patch.mean() > 0.25, f"{split} image {index}: box {ann['bbox']} is mostly background"
+                # tight: each side of the box touches a drawn pixel, and the shape fills a good part
+                # of it
+                assert (
+                    patch[0].any() and patch[-1].any() and patch[:, 0].any() and patch[:, -1].any()
+                )
+                assert patch.mean() > 0.25, (
+                    f"{split} image {index}: box {ann['bbox']} is mostly background"
+                )
 
 
 def test_classes_sizes_aspects_and_empty_images_are_covered(tmp_path):
     root = ensure_synthetic_shapes(str(tmp_path / "shapes"), **SMALL)
     for split in ("train", "val"):
         coco = _load(root, split)
-        assert [c["id"] for c in coco["categories"]] == list(range(1, SYNTHETIC_SHAPES_NUM_CLASSES + 1))
+        assert [c["id"] for c in coco["categories"]] == list(
+            range(1, SYNTHETIC_SHAPES_NUM_CLASSES + 1)
+        )
         assert [c["name"] for c in coco["categories"]] == list(SYNTHETIC_SHAPES_CLASSES)
-        assert {a["category_id"] for a in coco["annotations"]} == set(range(1, SYNTHETIC_SHAPES_NUM_CLASSES + 1))
+        assert {a["category_id"] for a in coco["annotations"]} == set(
+            range(1, SYNTHETIC_SHAPES_NUM_CLASSES + 1)
+        )
         with_objects = {a["image_id"] for a in coco["annotations"]}
         assert len(coco["images"]) - len(with_objects) == 2  # round(20 * 0.08)
         assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
@@ -168,7 +199,12 @@ def test_classes_sizes_aspects_and_empty_images_are_covered(tmp_path):
         assert np.sqrt(boxes[:, 2] * boxes[:, 3]).min() < 32, "no small object (sqrt(w*h) < 32 px)"
         assert boxes[:, 2:].max() > 256, "no large object (side > 256 px)"
         aspect = boxes[:, 2] / boxes[:, 3]
-        assert aspect.min() < 0.5 and aspect.max() > 2.0 and aspect.min() >= 0.3 and aspect.max() <= 3.4
+        assert (
+            aspect.min() < 0.5
+            and aspect.max() > 2.0
+            and aspect.min() >= 0.3
+            and aspect.max() <= 3.4
+        )
 
 
 def test_registration_is_lazy_and_can_be_repeated(tmp_path):
@@ -179,8 +215,12 @@ def test_registration_is_lazy_and_can_be_repeated(tmp_path):
         assert names == {"train": SYNTHETIC_SHAPES_TRAIN, "val": SYNTHETIC_SHAPES_VAL}
         assert not os.path.exists(root), "registration must not generate anything"
         meta = MetadataCatalog.get(SYNTHETIC_SHAPES_VAL)
-        assert meta.json_file == os.path.join(root, "val.json") and meta.image_root == os.path.join(root, "val")
-        assert meta.evaluator_type == "coco" and meta.thing_classes == list(SYNTHETIC_SHAPES_CLASSES)
+        assert meta.json_file == os.path.join(root, "val.json") and meta.image_root == os.path.join(
+            root, "val"
+        )
+        assert meta.evaluator_type == "coco" and meta.thing_classes == list(
+            SYNTHETIC_SHAPES_CLASSES
+        )
     finally:
         register_synthetic_shapes()
     assert MetadataCatalog.get(SYNTHETIC_SHAPES_VAL).json_file != os.path.join(root, "val.json")
@@ -193,11 +233,18 @@ def test_registered_datasets_load_into_a_detectron2_train_loader(small_registrat
     for d in dicts:
         assert os.path.isfile(d["file_name"]) and d["height"] > 0 and d["width"] > 0
         for ann in d["annotations"]:
-            assert ann["bbox_mode"] == BoxMode.XYWH_ABS and 0 <= ann["category_id"] < SYNTHETIC_SHAPES_NUM_CLASSES
+            assert (
+                ann["bbox_mode"] == BoxMode.XYWH_ABS
+                and 0 <= ann["category_id"] < SYNTHETIC_SHAPES_NUM_CLASSES
+            )
     mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR")
-    loader = build_detection_train_loader(dataset=dicts, mapper=mapper, total_batch_size=2, num_workers=0)
+    loader = build_detection_train_loader(
+        dataset=dicts, mapper=mapper, total_batch_size=2, num_workers=0
+    )
     batches = iter(loader)
-    samples = [sample for _ in range(4) for sample in next(batches)]  # empty images stay in: the model trains on them
+    samples = [
+        sample for _ in range(4) for sample in next(batches)
+    ]  # empty images stay in: the model trains on them
     assert len(samples) == 8 and any(len(s["instances"]) > 0 for s in samples)
     for sample in samples:
         instances = sample["instances"]
@@ -209,12 +256,18 @@ def test_registered_datasets_load_into_a_detectron2_train_loader(small_registrat
 
 
 def _evaluate(dicts, shift_class=None):
-    """bbox AP of the ground truth of ``dicts`` used as predictions; boxes of ``shift_class`` moved by their width."""
-    evaluator = COCOEvaluator(SYNTHETIC_SHAPES_VAL, tasks=("bbox",), distributed=False, use_fast_impl=False)
+    """bbox AP of the ground truth of ``dicts`` used as predictions; boxes of ``shift_class`` moved
+    by their width."""
+    evaluator = COCOEvaluator(
+        SYNTHETIC_SHAPES_VAL, tasks=("bbox",), distributed=False, use_fast_impl=False
+    )
     evaluator.reset()
     for d in dicts:
         boxes = torch.tensor(
-            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]],
+            [
+                BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                for a in d["annotations"]
+            ],
             dtype=torch.float32,
         ).reshape(-1, 4)
         classes = torch.tensor([a["category_id"] for a in d["annotations"]], dtype=torch.int64)
@@ -245,7 +298,8 @@ def test_check_dataset_files_names_the_missing_path_and_detectron2_datasets(tmp_
     meta = MetadataCatalog.get("coco_2017_val")
     if os.path.isabs(meta.json_file) and os.path.exists(meta.json_file):
         pytest.skip("COCO is installed under DETECTRON2_DATASETS on this machine")
-    monkeypatch.chdir(tmp_path)  # the builtin paths are relative to the working directory by default
+    # the builtin paths are relative to the working directory by default
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DETECTRON2_DATASETS", "/nonexistent/d2_data")
     with pytest.raises(FileNotFoundError) as error:
         check_dataset_files(("coco_2017_val",))

@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""Export a trained RetinaNetPlugin (config + weights) for deployment: TorchScript, torch.export and/or ONNX.
+"""Export a trained RetinaNetPlugin (config + weights) for deployment: TorchScript, torch.export
+and/or ONNX.
 
-    python tools/export_model.py --config-file CONFIG.yaml --format torchscript,export,onnx --output out/ \
-        [--batch-size 2] [--sample-image a.jpg b.jpg] [--onnx-exporter dynamo|torchscript] MODEL.WEIGHTS model.pth
+    python tools/export_model.py --config-file CONFIG.yaml --format torchscript,export,onnx \
+        --output out/ [--batch-size 2] [--sample-image a.jpg b.jpg] \
+        [--onnx-exporter dynamo|torchscript] MODEL.WEIGHTS model.pth
 
-Each format holds the whole inference (normalisation, backbone, head, decoding, NMS, top detections, rescaling)
-and takes a batch: images [N, 3, H, W] float32 (resized as cfg.INPUT says, in cfg.INPUT.FORMAT channel order,
-padded to a multiple of the backbone's size divisibility), image_sizes [N, 2] and output_sizes [N, 2] int64; it
-returns boxes [N, D, 4], scores [N, D], classes [N, D] (-1 on padding) and num_detections [N]
-(retinanet_plugin.export). Files written (atomically): model.ts, model.pt2, model.onnx and export_info.json.
+Each format holds the whole inference (normalisation, backbone, head, decoding, NMS, top detections,
+rescaling) and takes a batch: images [N, 3, H, W] float32 (resized as cfg.INPUT says, in
+cfg.INPUT.FORMAT channel order, padded to a multiple of the backbone's size divisibility),
+image_sizes [N, 2] and output_sizes [N, 2] int64; it returns boxes [N, D, 4], scores [N, D], classes
+[N, D] (-1 on padding) and num_detections [N] (retinanet_plugin.export). Files written (atomically):
+model.ts, model.pt2, model.onnx and export_info.json.
 
-The model is captured on a sample batch of --batch-size images (--sample-image files, else images of the embedded
-synthetic dataset drawn in memory); unless --no-verify, each written file is loaded back and run on that batch,
-and its detections are compared with the eager model's.
+The model is captured on a sample batch of --batch-size images (--sample-image files, else images of
+the embedded synthetic dataset drawn in memory); unless --no-verify, each written file is loaded
+back and run on that batch, and its detections are compared with the eager model's.
 """
+
 import argparse
 import json
 import os
@@ -47,7 +51,8 @@ from retinanet_plugin.export import (
 from retinanet_plugin.utils import atomic_write
 
 FILE_NAMES = {"torchscript": "model.ts", "export": "model.pt2", "onnx": "model.onnx"}
-# Largest differences from eager mode accepted by the verification (pixels of the output size; probabilities).
+# Largest differences from eager mode accepted by the verification (pixels of the output size;
+# probabilities).
 BOX_TOLERANCE = 1e-2
 SCORE_TOLERANCE = 1e-4
 
@@ -57,20 +62,47 @@ class ExportError(Exception):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--format", required=True, metavar="FORMATS",
-                        help=f"comma-separated, among {', '.join(EXPORT_FORMATS)}; or all")
+    parser.add_argument(
+        "--format",
+        required=True,
+        metavar="FORMATS",
+        help=f"comma-separated, among {', '.join(EXPORT_FORMATS)}; or all",
+    )
     parser.add_argument("--output", required=True, help="folder for the exported files")
-    parser.add_argument("--batch-size", type=int, default=2,
-                        help="images in the sample batch the model is captured and verified on (>= 2 for export/onnx); "
-                             "the exported model takes any batch size")
-    parser.add_argument("--sample-image", nargs="+", default=[], metavar="FILE",
-                        help="images for the sample batch (default: embedded synthetic images)")
-    parser.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="dynamo",
-                        help="dynamo (torch.export based, PyTorch's current exporter) or torchscript (legacy, faster)")
-    parser.add_argument("--no-verify", action="store_true", help="do not compare the exported files with eager mode")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (MODEL.WEIGHTS ...)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2,
+        help="images in the sample batch the model is captured and verified on (>= 2 for "
+        "export/onnx); "
+        "the exported model takes any batch size",
+    )
+    parser.add_argument(
+        "--sample-image",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="images for the sample batch (default: embedded synthetic images)",
+    )
+    parser.add_argument(
+        "--onnx-exporter",
+        choices=ONNX_EXPORTERS,
+        default="dynamo",
+        help="dynamo (torch.export based, PyTorch's current exporter) or torchscript (legacy, "
+        "faster)",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="do not compare the exported files with eager mode"
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides, KEY VALUE pairs (MODEL.WEIGHTS ...)",
+    )
     return parser.parse_args(argv)
 
 
@@ -82,7 +114,9 @@ def selected_formats(requested):
         elif part in EXPORT_FORMATS:
             formats.append(part)
         else:
-            raise ExportError(f"unknown --format {part!r}: choose among {', '.join(EXPORT_FORMATS)}, or all")
+            raise ExportError(
+                f"unknown --format {part!r}: choose among {', '.join(EXPORT_FORMATS)}, or all"
+            )
     return list(dict.fromkeys(formats))
 
 
@@ -91,9 +125,13 @@ def check_args(args, formats):
         raise ExportError(f"--config-file {args.config_file!r} does not exist")
     if args.batch_size < 1:
         raise ExportError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.batch_size < 2 and ("export" in formats or ("onnx" in formats and args.onnx_exporter == "dynamo")):
-        raise ExportError("--batch-size must be >= 2 for the export and (dynamo) onnx formats: a sample batch of "
-                          "one image would fix the exported batch size to 1")
+    if args.batch_size < 2 and (
+        "export" in formats or ("onnx" in formats and args.onnx_exporter == "dynamo")
+    ):
+        raise ExportError(
+            "--batch-size must be >= 2 for the export and (dynamo) onnx formats: a sample batch of "
+            "one image would fix the exported batch size to 1"
+        )
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ExportError(f"--output {args.output!r} exists and is not a folder")
 
@@ -104,8 +142,10 @@ def setup_cfg(args):
         print(f"warning: {warning}", file=sys.stderr)
     weights = cfg.MODEL.WEIGHTS
     if not weights:
-        raise ExportError("MODEL.WEIGHTS is empty: give the checkpoint to export "
-                          "(e.g. MODEL.WEIGHTS output/model_final.pth)")
+        raise ExportError(
+            "MODEL.WEIGHTS is empty: give the checkpoint to export "
+            "(e.g. MODEL.WEIGHTS output/model_final.pth)"
+        )
     if "://" not in weights and not os.path.isfile(weights):
         raise ExportError(f"MODEL.WEIGHTS {weights!r} does not exist")
     cfg.freeze()
@@ -113,8 +153,8 @@ def setup_cfg(args):
 
 
 def sample_images(args):
-    """BGR uint8 images for the sample batch: the --sample-image files (repeated if fewer than --batch-size), else
-    images of the embedded synthetic dataset's val split, drawn in memory."""
+    """BGR uint8 images for the sample batch: the --sample-image files (repeated if fewer than
+    --batch-size), else images of the embedded synthetic dataset's val split, drawn in memory."""
     if args.sample_image:
         paths = [args.sample_image[i % len(args.sample_image)] for i in range(args.batch_size)]
         images = []
@@ -157,27 +197,24 @@ def load_runner(fmt, path, device):
     return OnnxRuntimeDetector(path)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    formats = selected_formats(args.format)
-    check_args(args, formats)
-    cfg = setup_cfg(args)
-    predictor = BatchPredictor(cfg)  # the model in eval mode with the weights, DefaultPredictor's preprocessing
-    model = predictor.model
-    exportable = ExportableRetinaNet(model)
-    inputs = [predictor.prepare(image) for image in sample_images(args)]
-    sample = tuple(t.to(model.device) for t in batch_from_inputs(inputs, exportable.size_divisibility))
-    captured_by_torch_export = "export" in formats or ("onnx" in formats and args.onnx_exporter == "dynamo")
+def check_sample_size(sample, exportable, formats, onnx_exporter) -> None:
+    """torch.export (the "export" format, and ONNX through dynamo) needs padded sides of at least
+    ``min_image_side``."""
+    captured_by_torch_export = "export" in formats or (
+        "onnx" in formats and onnx_exporter == "dynamo"
+    )
     if captured_by_torch_export and min(sample[0].shape[-2:]) < min_image_side(exportable):
-        raise ExportError(f"the sample batch's padded size {tuple(sample[0].shape[-2:])} is below "
-                          f"{min_image_side(exportable)} px, the smallest the export and onnx formats take: "
-                          "give larger --sample-image files")
-    print(f"sample batch: {tuple(sample[0].shape)} (padded), image sizes {sample[1].tolist()}")
-    if not args.no_verify:
-        with torch.no_grad():
-            expected = [out["instances"] for out in model(inputs)]
-    os.makedirs(args.output, exist_ok=True)
-    info = {
+        raise ExportError(
+            f"the sample batch's padded size {tuple(sample[0].shape[-2:])} is below "
+            f"{min_image_side(exportable)} px, the smallest the export and onnx formats take: "
+            "give larger --sample-image files"
+        )
+
+
+def export_info(args, cfg, predictor, exportable) -> dict:
+    """What ``export_info.json`` says of the exported model's interface (its files are added)."""
+    metadata = getattr(predictor, "metadata", None)
+    return {
         "config_file": os.path.abspath(args.config_file),
         "weights": cfg.MODEL.WEIGHTS,
         "inputs": list(INPUT_NAMES),
@@ -188,41 +225,82 @@ def main(argv=None):
         "size_divisibility": exportable.size_divisibility,
         "min_padded_side_export": min_image_side(exportable),
         "detections_per_image": exportable.max_detections_per_image,
-        "class_names": list(getattr(getattr(predictor, "metadata", None), "thing_classes", []) or []),
+        "class_names": list(getattr(metadata, "thing_classes", []) or []),
         "files": {},
     }
+
+
+def export_one(fmt: str, model, sample, path: str, onnx_exporter: str) -> dict:
+    """Write ``model`` in format ``fmt`` to ``path``; its entry of ``export_info.json``."""
+    start = time.perf_counter()
+    if fmt == "torchscript":
+        save_torchscript(export_torchscript(model, sample), path)
+    elif fmt == "export":
+        save_program(export_program(model, sample), path)
+    else:
+        save_onnx(export_onnx(model, sample, exporter=onnx_exporter), path)
+    entry = {
+        "file": os.path.basename(path),
+        "export_seconds": round(time.perf_counter() - start, 2),
+        "bytes": os.path.getsize(path),
+    }
+    if fmt == "onnx":
+        entry["exporter"] = onnx_exporter
+    return entry
+
+
+def verify_one(fmt: str, path: str, device: str, sample, expected) -> dict:
+    """The exported file reloaded and run on ``sample``, against eager mode's ``expected``."""
+    runner = load_runner(fmt, path, device)
+    with torch.no_grad():
+        outputs = runner(*sample)
+    actual = padded_detections_to_instances([o.cpu() for o in outputs], sample[2].cpu())
+    return compare(expected, actual)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    formats = selected_formats(args.format)
+    check_args(args, formats)
+    cfg = setup_cfg(args)
+    # The model in eval mode with the weights, and DefaultPredictor's preprocessing.
+    predictor = BatchPredictor(cfg)
+    model = predictor.model
+    exportable = ExportableRetinaNet(model)
+    inputs = [predictor.prepare(image) for image in sample_images(args)]
+    sample = tuple(
+        t.to(model.device) for t in batch_from_inputs(inputs, exportable.size_divisibility)
+    )
+    check_sample_size(sample, exportable, formats, args.onnx_exporter)
+    print(f"sample batch: {tuple(sample[0].shape)} (padded), image sizes {sample[1].tolist()}")
+    if not args.no_verify:
+        with torch.no_grad():
+            expected = [out["instances"] for out in model(inputs)]
+    os.makedirs(args.output, exist_ok=True)
+    info = export_info(args, cfg, predictor, exportable)
     failed = []
     for fmt in formats:
         path = os.path.join(args.output, FILE_NAMES[fmt])
-        start = time.perf_counter()
-        if fmt == "torchscript":
-            save_torchscript(export_torchscript(model, sample), path)
-        elif fmt == "export":
-            save_program(export_program(model, sample), path)
-        else:
-            save_onnx(export_onnx(model, sample, exporter=args.onnx_exporter), path)
-        seconds = time.perf_counter() - start
-        entry = {"file": os.path.basename(path), "export_seconds": round(seconds, 2), "bytes": os.path.getsize(path)}
-        if fmt == "onnx":
-            entry["exporter"] = args.onnx_exporter
-        line = f"{fmt}: {path} ({entry['bytes'] / 2**20:.1f} MiB) in {seconds:.1f} s"
+        entry = info["files"][fmt] = export_one(fmt, model, sample, path, args.onnx_exporter)
+        line = f"{fmt}: {path} ({entry['bytes'] / 2**20:.1f} MiB) in {entry['export_seconds']} s"
         if not args.no_verify:
-            runner = load_runner(fmt, path, cfg.MODEL.DEVICE)
-            with torch.no_grad():
-                outputs = runner(*sample)
-            actual = padded_detections_to_instances([o.cpu() for o in outputs], sample[2].cpu())
-            entry["verification"] = compare(expected, actual)
-            v = entry["verification"]
-            line += (f"; vs eager: detections {[n for n, _ in v['detections']]}, max |box diff| "
-                     f"{v['max_box_diff']:.3g} px, max |score diff| {v['max_score_diff']:.3g}"
-                     f"{'' if v['ok'] else ' -- MISMATCH'}")
+            v = entry["verification"] = verify_one(fmt, path, cfg.MODEL.DEVICE, sample, expected)
+            line += (
+                f"; vs eager: detections {[n for n, _ in v['detections']]}, max |box diff| "
+                f"{v['max_box_diff']:.3g} px, max |score diff| {v['max_score_diff']:.3g}"
+                f"{'' if v['ok'] else ' -- MISMATCH'}"
+            )
             if not v["ok"]:
                 failed.append(fmt)
         print(line)
-        info["files"][fmt] = entry
-    atomic_write(os.path.join(args.output, "export_info.json"), lambda f: f.write(json.dumps(info, indent=1).encode()))
+    atomic_write(
+        os.path.join(args.output, "export_info.json"),
+        lambda f: f.write(json.dumps(info, indent=1).encode()),
+    )
     if failed:
-        raise ExportError(f"the exported {', '.join(failed)} model(s) differ from eager mode (see above)")
+        raise ExportError(
+            f"the exported {', '.join(failed)} model(s) differ from eager mode (see above)"
+        )
     return info
 
 

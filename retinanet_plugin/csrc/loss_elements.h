@@ -1,18 +1,21 @@
-// The per-element losses and gradients of the focal losses, and the checks of their targets: the one source of the
-// math that the CPU kernels (cpu/, on SIMD vectors), the CUDA kernels (cuda/, on one value per thread) and the CUDA
-// kernels' host emulation (tests/cuda_emulation/) all compile.
+// The per-element losses and gradients of the focal losses, and the checks of their targets: the
+// one source of the math that the CPU kernels (cpu/, on SIMD vectors), the CUDA kernels (cuda/, on
+// one value per thread) and the CUDA kernels' host emulation (tests/cuda_emulation/) all compile.
 //
-// Each element is written once against a math policy M that names the value type (M::V: a scalar, or a SIMD vector
-// of scalars) and its operations (exp, log1p, select, ...). ScalarMath<T> below serves CUDA and the emulation;
-// cpu/focal_loss_cpu_impl.h defines the Vectorized policy. The derivations are in focal_loss.h (sigmoid focal loss),
-// quality_focal_loss.h (quality focal loss) and sigmoid_focal_loss_dense.h (float targets).
+// Each element is written once against a math policy M that names the value type (M::V: a scalar,
+// or a SIMD vector of scalars) and its operations (exp, log1p, select, ...). ScalarMath<T> below
+// serves CUDA and the emulation; cpu/focal_loss_cpu_impl.h defines the Vectorized policy. The
+// derivations are in sigmoid_focal_loss.h (sigmoid focal loss), quality_focal_loss.h (quality focal
+// loss) and sigmoid_focal_loss_dense.h (float targets).
 //
-// Every formula uses one exp and one log1p per element, of -|x|, so no term overflows for any finite logit.
+// Every formula uses one exp and one log1p per element, of -|x|, so no term overflows for any
+// finite logit.
 #pragma once
 
 #include <math.h>
 
 #include <cstdint>
+#include <type_traits>
 
 // RP_HOST_DEVICE for member functions, RP_HOST_DEVICE_FN for free functions. On the host the free functions have
 // internal linkage: each CPU instruction-set translation unit keeps its own copy, compiled for its instruction set.
@@ -76,6 +79,9 @@ struct ScalarMath {
 
 // ------------------------------------------------------------------------------------------------ elements
 //
+// An element's exponent 2 (the common case) is a template flag (kGammaTwo, kBetaTwo) so that its power is one
+// multiplication; the kernels' host side picks the instantiation with with_flag.
+//
 // Label elements: terms<kLoss, kGrad>(x, has_positive, positive, quality, loss, dloss_dx) sets the loss and/or
 // dloss/dx of the logits x of one non-ignored row; `positive` is true in the lane of the row's class (its target is
 // `quality`), and `has_positive` whether any lane is (a scalar policy passes the same flag twice).
@@ -101,7 +107,8 @@ struct Sigmoid {
   RP_HOST_DEVICE V softplus_minus(const V& x) const { return M::max(M::neg(x), M::splat(0)) + l; }  // -log(p)
 };
 
-// Sigmoid focal loss (focal_loss.h), in the signed logit z = -x in the positive lane, x elsewhere:
+// Sigmoid focal loss (sigmoid_focal_loss.h), in the signed logit z = -x in the positive lane, x
+// elsewhere:
 // loss = w q^g softplus(z), dloss/dz = w q^g (q + g (1 - q) softplus(z)), q = sigmoid(z).
 template <class M, bool kGammaTwo>
 struct SigmoidFocalElement {
@@ -226,5 +233,17 @@ struct DenseFocalElement {
     }
   }
 };
+
+// Calls fn(std::true_type{}) where `flag` holds, else fn(std::false_type{}): a run-time flag made a template argument,
+// which fn reads as decltype(its argument)::value. Host code only (the kernels' dispatch); internal linkage like the
+// other free functions here.
+template <typename Fn>
+static inline void with_flag(bool flag, Fn&& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
 
 }  // namespace retinanet_plugin

@@ -1,79 +1,103 @@
-// Registration of the focal loss ops in the `retinanet_plugin` torch.library namespace (schemas and the CPU and
-// CUDA kernels; the fake kernels and the autograd formulas are registered from Python, in
-// retinanet_plugin/layers/sigmoid_focal_loss.py and quality_focal_loss.py), and the Python module
+// Registration of the loss ops in the `retinanet_plugin` torch.library namespace: the schemas and
+// the CPU and CUDA kernels, which are the ops' fronts (sigmoid_focal_loss.h, quality_focal_loss.h,
+// sigmoid_focal_loss_dense.h) on each device's driver (loss_driver.h). The fake kernels and the
+// autograd formulas are registered from Python, in retinanet_plugin/layers/sigmoid_focal_loss.py,
+// quality_focal_loss.py and sigmoid_focal_loss_dense.py. Also the Python module
 // `retinanet_plugin._C` whose import loads them.
-#include "focal_loss.h"
 #include "quality_focal_loss.h"
+#include "sigmoid_focal_loss.h"
 #include "sigmoid_focal_loss_dense.h"
 
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 TORCH_LIBRARY(retinanet_plugin, m) {
   m.set_python_module("retinanet_plugin.layers.sigmoid_focal_loss");
-  // Sigmoid focal loss of logits [N, K] against integer labels [N] (0..K-1 positive class, K background,
-  // -1 ignored), divided by divisor * normalizer. Returns [N, K] for reduction "none", else a 0-dim tensor;
-  // fp32 (fp64 for fp64 logits) in both cases.
+  // Sigmoid focal loss of logits [N, K] against integer labels [N] (0..K-1 positive class, K
+  // background, -1 ignored), divided by divisor * normalizer. Returns [N, K] for reduction "none",
+  // else a 0-dim tensor; fp32 (fp64 for fp64 logits) in both cases.
   m.def(
-      "sigmoid_focal_loss(Tensor logits, Tensor labels, Tensor? normalizer, float gamma, float alpha, "
-      "str reduction, float divisor) -> Tensor");
-  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in focal_loss.h) given the upstream gradient of the forward's output.
-  m.def(
-      "sigmoid_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor? normalizer, float gamma, "
+      "sigmoid_focal_loss(Tensor logits, Tensor labels, Tensor? normalizer, float gamma, "
       "float alpha, str reduction, float divisor) -> Tensor");
+  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in loss_driver.h) given the
+  // upstream gradient of the forward's output.
+  m.def(
+      "sigmoid_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor? normalizer, "
+      "float gamma, float alpha, str reduction, float divisor) -> Tensor");
 
   m.set_python_module("retinanet_plugin.layers.quality_focal_loss");
-  // Quality focal loss (Generalized Focal Loss) of logits [N, K] against integer labels [N] (as above) and a soft
-  // target quality [N] in [0, 1] for each labelled row's class (read on rows labelled 0..K-1 only; no gradient),
-  // with exponent beta, divided by divisor * normalizer. Output as for sigmoid_focal_loss.
-  m.def(
-      "quality_focal_loss(Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, float beta, "
-      "str reduction, float divisor) -> Tensor");
-  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in focal_loss.h) given the upstream gradient of the forward's output.
-  m.def(
-      "quality_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, "
-      "float beta, str reduction, float divisor) -> Tensor");
-
-  m.set_python_module("retinanet_plugin.layers.sigmoid_focal_loss_dense");
-  // Sigmoid focal loss of logits [N, K] against float targets [N, K] in [0, 1] (one-hot, multi-label or soft; no
-  // gradient), as fvcore's and torchvision's sigmoid_focal_loss; "mean" averages over all N * K elements. Output
+  // Quality focal loss (Generalized Focal Loss) of logits [N, K] against integer labels [N] (as
+  // above) and a soft target quality [N] in [0, 1] for each labelled row's class (read on rows
+  // labelled 0..K-1 only; no gradient), with exponent beta, divided by divisor * normalizer. Output
   // as for sigmoid_focal_loss.
   m.def(
-      "sigmoid_focal_loss_dense(Tensor logits, Tensor targets, Tensor? normalizer, float gamma, float alpha, "
-      "str reduction, float divisor) -> Tensor");
+      "quality_focal_loss(Tensor logits, Tensor labels, Tensor quality, Tensor? normalizer, "
+      "float beta, str reduction, float divisor) -> Tensor");
+  // Gradient w.r.t. logits (logits dtype; layout: output_strides() in loss_driver.h) given the
+  // upstream gradient of the forward's output.
   m.def(
-      "sigmoid_focal_loss_dense_backward(Tensor grad, Tensor logits, Tensor targets, Tensor? normalizer, "
-      "float gamma, float alpha, str reduction, float divisor) -> Tensor");
+      "quality_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor quality, "
+      "Tensor? normalizer, float beta, str reduction, float divisor) -> Tensor");
+
+  m.set_python_module("retinanet_plugin.layers.sigmoid_focal_loss_dense");
+  // Sigmoid focal loss of logits [N, K] against float targets [N, K] in [0, 1] (one-hot,
+  // multi-label or soft; no gradient), as fvcore's and torchvision's sigmoid_focal_loss; "mean"
+  // averages over all N * K elements. Output as for sigmoid_focal_loss.
+  m.def(
+      "sigmoid_focal_loss_dense(Tensor logits, Tensor targets, Tensor? normalizer, float gamma, "
+      "float alpha, str reduction, float divisor) -> Tensor");
+  m.def(
+      "sigmoid_focal_loss_dense_backward(Tensor grad, Tensor logits, Tensor targets, "
+      "Tensor? normalizer, float gamma, float alpha, str reduction, float divisor) -> Tensor");
 }
 
 namespace retinanet_plugin {
 namespace {
 
-// Every op's kernel for one device: the same entry points on that device's drivers.
+// The kernel of an op's front kFront (e.g. sigmoid_focal_loss_with) on one device's driver
+// kDriver: the front's signature without its first parameter, the driver, which is bound at compile
+// time, so that one front serves every device.
+template <auto& kFront, auto& kDriver, typename Front = std::remove_reference_t<decltype(kFront)>>
+struct OnDriver;
+
+template <auto& kFront, auto& kDriver, typename Driver, typename... Args>
+struct OnDriver<kFront, kDriver, at::Tensor(Driver&, Args...)> {
+  static at::Tensor kernel(Args... args) { return kFront(kDriver, args...); }
+};
+
+// Every op's kernel for one device: the same fronts on that device's drivers.
 template <LossForward& kForward, LossBackward& kBackward>
 void register_kernels(torch::Library& m) {
-  m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_op<kForward>);
-  m.impl("sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_op<kBackward>);
-  m.impl("quality_focal_loss", &quality_focal_loss_op<kForward>);
-  m.impl("quality_focal_loss_backward", &quality_focal_loss_backward_op<kBackward>);
-  m.impl("sigmoid_focal_loss_dense", &sigmoid_focal_loss_dense_op<kForward>);
-  m.impl("sigmoid_focal_loss_dense_backward", &sigmoid_focal_loss_dense_backward_op<kBackward>);
+  m.impl("sigmoid_focal_loss", &OnDriver<sigmoid_focal_loss_with, kForward>::kernel);
+  m.impl("sigmoid_focal_loss_backward",
+      &OnDriver<sigmoid_focal_loss_backward_with, kBackward>::kernel);
+  m.impl("quality_focal_loss", &OnDriver<quality_focal_loss_with, kForward>::kernel);
+  m.impl("quality_focal_loss_backward",
+      &OnDriver<quality_focal_loss_backward_with, kBackward>::kernel);
+  m.impl("sigmoid_focal_loss_dense", &OnDriver<sigmoid_focal_loss_dense_with, kForward>::kernel);
+  m.impl("sigmoid_focal_loss_dense_backward",
+      &OnDriver<sigmoid_focal_loss_dense_backward_with, kBackward>::kernel);
 }
 
 }  // namespace
 }  // namespace retinanet_plugin
 
 TORCH_LIBRARY_IMPL(retinanet_plugin, CPU, m) {
-  retinanet_plugin::register_kernels<retinanet_plugin::loss_forward_cpu, retinanet_plugin::loss_backward_cpu>(m);
+  using namespace retinanet_plugin;
+  register_kernels<loss_forward_cpu, loss_backward_cpu>(m);
 }
 
 // In a build without CUDA these raise an error that says how to rebuild.
 TORCH_LIBRARY_IMPL(retinanet_plugin, CUDA, m) {
-  retinanet_plugin::register_kernels<retinanet_plugin::loss_forward_cuda, retinanet_plugin::loss_backward_cuda>(m);
+  using namespace retinanet_plugin;
+  register_kernels<loss_forward_cuda, loss_backward_cuda>(m);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "retinanet_plugin compiled ops; importing this module registers torch.ops.retinanet_plugin.*";
+  m.doc() =
+      "retinanet_plugin compiled ops; importing this module registers torch.ops.retinanet_plugin.*";
   m.attr("WITH_CUDA") = retinanet_plugin::built_with_cuda();
   m.def(
       "cpu_kernel_capability", &retinanet_plugin::cpu_kernel_capability,

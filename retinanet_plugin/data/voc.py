@@ -1,25 +1,31 @@
-"""Pascal VOC XML annotations as Detectron2 dataset dicts: VOC's own layout and flat LabelImg / CVAT folders.
+"""Pascal VOC XML annotations as Detectron2 dataset dicts: VOC's own layout and flat LabelImg / CVAT
+folders.
 
 Layouts of ``folder``:
 
-- VOC: ``Annotations/<stem>.xml``, ``JPEGImages/<file name>``, ``ImageSets/Main/<split>.txt`` (one stem per line).
-  Without a split every file in ``Annotations/`` is used; with one, the stems its list names.
-- Flat (what LabelImg and CVAT's "Pascal VOC" export write): images and same-stem ``.xml`` files side by side. An
-  image without an ``.xml`` file is not used (it is not known to have no objects), and a log line counts such images;
-  write an XML file without ``<object>`` for an image without objects.
+- VOC: ``Annotations/<stem>.xml``, ``JPEGImages/<file name>``, ``ImageSets/Main/<split>.txt`` (one
+  stem per line). Without a split every file in ``Annotations/`` is used; with one, the stems its
+  list names.
+- Flat (what LabelImg and CVAT's "Pascal VOC" export write): images and same-stem ``.xml`` files
+  side by side. An image without an ``.xml`` file is not used (it is not known to have no objects),
+  and a log line counts such images; write an XML file without ``<object>`` for an image without
+  objects.
 
-Per XML file: the image is ``<filename>`` (in ``JPEGImages/`` for VOC's layout, beside the XML for a flat folder),
-else the image with the XML's stem; ``<size><width>/<height>`` are the size of the image as the annotation tool
-showed it (when they are missing or 0 the file's size is read, EXIF orientation applied); each ``<object>`` has a
-``<name>`` and a ``<bndbox>`` with ``xmin ymin xmax ymax`` in VOC's 1-based pixel coordinates (a box
-``xmin=1 .. xmax=W`` covers the whole width; it becomes ``[0, W]`` in Detectron2's pixel-edge coordinates, as
-Detectron2's own VOC loader converts it). ``<difficult>1</difficult>`` objects get ``iscrowd: 1``: the plugin's
-anchor labelling ignores them (neither object nor background, ``MODEL.RETINANET_PLUGIN.CROWD_BOXES``) and COCO
-evaluation ignores detections on them and does not count them as missed, as VOC's own evaluation does.
+Per XML file: the image is ``<filename>`` (in ``JPEGImages/`` for VOC's layout, beside the XML for a
+flat folder), else the image with the XML's stem; ``<size><width>/<height>`` are the size of the
+image as the annotation tool showed it (when they are missing or 0 the file's size is read, EXIF
+orientation applied); each ``<object>`` has a ``<name>`` and a ``<bndbox>`` with ``xmin ymin xmax
+ymax`` in VOC's 1-based pixel coordinates (a box ``xmin=1 .. xmax=W`` covers the whole width; it
+becomes ``[0, W]`` in Detectron2's pixel-edge coordinates, as Detectron2's own VOC loader converts
+it). ``<difficult>1</difficult>`` objects get ``iscrowd: 1``: the plugin's anchor labelling ignores
+them (neither object nor background, ``MODEL.RETINANET_PLUGIN.CROWD_BOXES``) and COCO evaluation
+ignores detections on them and does not count them as missed, as VOC's own evaluation does.
 
-Errors name the XML file (and the object's position in it): unreadable XML, an object without a name or with a
-coordinate that is not a number, an image file that is not there, a class name outside a given class list.
+Errors name the XML file (and the object's position in it): unreadable XML, an object without a name
+or with a coordinate that is not a number, an image file that is not there, a class name outside a
+given class list.
 """
+
 import dataclasses
 import glob
 import logging
@@ -51,7 +57,9 @@ class VocAnnotationError(ValueError):
 @dataclasses.dataclass
 class VocObject:
     name: str
-    bbox_xyxy: Tuple[float, float, float, float]  # Detectron2 pixel-edge coordinates (VOC's xmin/ymin minus 1)
+    bbox_xyxy: Tuple[
+        float, float, float, float
+    ]  # Detectron2 pixel-edge coordinates (VOC's xmin/ymin minus 1)
     difficult: bool
 
 
@@ -100,7 +108,9 @@ def parse_voc_xml(xml_file: str) -> VocImage:
     except OSError as e:
         raise VocAnnotationError(f"{xml_file} cannot be read ({type(e).__name__}: {e})") from e
     if root.tag != "annotation":
-        raise VocAnnotationError(f"{xml_file}: the root element is <{root.tag}>, not Pascal VOC's <annotation>")
+        raise VocAnnotationError(
+            f"{xml_file}: the root element is <{root.tag}>, not Pascal VOC's <annotation>"
+        )
     size = root.find("size")
     width = _positive_int(_text(size.find("width"))) if size is not None else None
     height = _positive_int(_text(size.find("height"))) if size is not None else None
@@ -112,20 +122,26 @@ def parse_voc_xml(xml_file: str) -> VocImage:
         box = element.find("bndbox")
         if box is None:
             raise VocAnnotationError(f"{xml_file}: object #{position} ({name!r}) has no <bndbox>")
-        xmin, ymin, xmax, ymax = (_coordinate(box, tag, xml_file, position) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            _coordinate(box, tag, xml_file, position) for tag in ("xmin", "ymin", "xmax", "ymax")
+        )
         difficult = _text(element.find("difficult")) in ("1", "true", "True")
         objects.append(VocObject(name, (xmin - 1.0, ymin - 1.0, xmax, ymax), difficult))
     return VocImage(xml_file, _text(root.find("filename")), width, height, objects)
 
 
 def _image_beside(folder: str, stem: str, file_name: Optional[str]) -> Optional[str]:
-    """The image of an XML file: ``file_name`` in ``folder``, else a file with the XML's stem and an image suffix."""
+    """The image of an XML file: ``file_name`` in ``folder``, else a file with the XML's stem and an
+    image suffix."""
     if file_name:
         candidate = os.path.join(folder, os.path.basename(file_name))
         if os.path.isfile(candidate):
             return candidate
     for suffix in IMAGE_SUFFIXES:
-        for candidate in (os.path.join(folder, stem + suffix), os.path.join(folder, stem + suffix.upper())):
+        for candidate in (
+            os.path.join(folder, stem + suffix),
+            os.path.join(folder, stem + suffix.upper()),
+        ):
             if os.path.isfile(candidate):
                 return candidate
     return None
@@ -135,11 +151,21 @@ def _split_stems(folder: str, split: str) -> List[str]:
     split_dir = os.path.join(folder, "ImageSets", "Main")
     path = os.path.join(split_dir, f"{split}.txt")
     if not os.path.isfile(path):
-        available = sorted(os.path.splitext(f)[0] for f in os.listdir(split_dir)) if os.path.isdir(split_dir) else []
-        available = [a for a in available if "_" not in a] or available  # VOC's per-class lists are aeroplane_train...
+        available = (
+            sorted(os.path.splitext(f)[0] for f in os.listdir(split_dir))
+            if os.path.isdir(split_dir)
+            else []
+        )
+        available = [
+            a for a in available if "_" not in a
+        ] or available  # VOC's per-class lists are aeroplane_train...
         raise VocAnnotationError(
             f"voc:{folder}:{split}: there is no split file {path}"
-            + (f" (splits there: {', '.join(available[:12])})" if available else " (no ImageSets/Main folder)")
+            + (
+                f" (splits there: {', '.join(available[:12])})"
+                if available
+                else " (no ImageSets/Main folder)"
+            )
         )
     with open(path) as f:
         return [line.split()[0] for line in f if line.strip()]
@@ -159,19 +185,24 @@ def _with_images(folder: str, xml_files: Sequence[str], images_dir: str) -> List
 
 
 def find_voc_images(folder: str, split: Optional[str] = None) -> Tuple[List[VocImage], List[str]]:
-    """The parsed XML files of a VOC folder, each with its image, in a stable order; and the images of a flat folder
-    that have no XML file. Raises :class:`VocAnnotationError` naming what is missing or unreadable."""
+    """The parsed XML files of a VOC folder, each with its image, in a stable order; and the images
+    of a flat folder that have no XML file. Raises :class:`VocAnnotationError` naming what is
+    missing or unreadable."""
     if not os.path.isdir(folder):
         raise VocAnnotationError(f"voc:{folder}: the folder does not exist")
     annotations_dir = os.path.join(folder, "Annotations")
     if os.path.isdir(annotations_dir):  # VOC's own layout
         if split is not None:
-            xml_files = [os.path.join(annotations_dir, f"{stem}.xml") for stem in _split_stems(folder, split)]
+            xml_files = [
+                os.path.join(annotations_dir, f"{stem}.xml") for stem in _split_stems(folder, split)
+            ]
             missing = [x for x in xml_files if not os.path.isfile(x)]
             if missing:
                 raise VocAnnotationError(
-                    f"voc:{folder}:{split}: {len(missing)} annotation files listed in the split are not there: "
-                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+                    f"voc:{folder}:{split}: {len(missing)} annotation files listed in the split "
+                    "are not there: "
+                    + ", ".join(missing[:5])
+                    + (" ..." if len(missing) > 5 else "")
                 )
         else:
             xml_files = sorted(glob.glob(os.path.join(annotations_dir, "*.xml")))
@@ -179,16 +210,20 @@ def find_voc_images(folder: str, split: Optional[str] = None) -> Tuple[List[VocI
                 raise VocAnnotationError(f"voc:{folder}: {annotations_dir} holds no .xml file")
         return _with_images(folder, xml_files, os.path.join(folder, "JPEGImages")), []
     if split is not None:
-        raise VocAnnotationError(f"voc:{folder}:{split}: a split needs VOC's layout (Annotations/, ImageSets/Main/)")
+        raise VocAnnotationError(
+            f"voc:{folder}:{split}: a split needs VOC's layout (Annotations/, ImageSets/Main/)"
+        )
     xml_files = sorted(glob.glob(os.path.join(folder, "*.xml")))
     if not xml_files:
         raise VocAnnotationError(
-            f"voc:{folder}: neither VOC's layout (an Annotations/ folder) nor .xml files beside the images"
+            f"voc:{folder}: neither VOC's layout (an Annotations/ folder) nor .xml files beside "
+            "the images"
         )
     images = _with_images(folder, xml_files, folder)
     used = {os.path.abspath(image.image_file) for image in images}
     unannotated = sorted(
-        p for p in glob.glob(os.path.join(folder, "*"))
+        p
+        for p in glob.glob(os.path.join(folder, "*"))
         if p.lower().endswith(IMAGE_SUFFIXES) and os.path.abspath(p) not in used
     )
     return images, unannotated
@@ -197,8 +232,11 @@ def find_voc_images(folder: str, split: Optional[str] = None) -> Tuple[List[VocI
 def _raise_for_unfound_images(folder: str, unfound: List[str], images_dir: str) -> None:
     if unfound:
         raise VocAnnotationError(
-            f"voc:{folder}: {len(unfound)} annotation files have no image in {images_dir} (neither their <filename> "
-            f"nor their stem with an image suffix): " + ", ".join(unfound[:5]) + (" ..." if len(unfound) > 5 else "")
+            f"voc:{folder}: {len(unfound)} annotation files have no image in {images_dir} (neither "
+            "their <filename> "
+            f"nor their stem with an image suffix): "
+            + ", ".join(unfound[:5])
+            + (" ..." if len(unfound) > 5 else "")
         )
 
 
@@ -208,7 +246,8 @@ def voc_class_names(images: Sequence[VocImage]) -> List[str]:
 
 
 def _image_size(image: VocImage) -> Tuple[int, int]:
-    """(height, width) of the image as the tool showed it: from the XML, else read from the file (oriented)."""
+    """(height, width) of the image as the tool showed it: from the XML, else read from the file
+    (oriented)."""
     if image.width and image.height:
         return image.height, image.width
     from PIL import Image, ImageOps
@@ -221,32 +260,44 @@ def _image_size(image: VocImage) -> Tuple[int, int]:
         raise VocAnnotationError(
             f"{image.xml_file} has no <size> and its image {image.image_file} cannot be read ({e})"
         ) from e
-    logger.info(f"{image.xml_file} has no usable <size>: the size {width}x{height} is read from {image.image_file}")
+    logger.info(
+        f"{image.xml_file} has no usable <size>: the size {width}x{height} is read from "
+        f"{image.image_file}"
+    )
     return height, width
 
 
-def voc_dataset_dicts(images: Sequence[VocImage], class_names: Sequence[str], source: str) -> List[Dict[str, Any]]:
-    """Detectron2 dataset dicts (image ids 1, 2, ... in the order of ``images``; boxes XYXY_ABS; category ids the
-    positions in ``class_names``; difficult objects ``iscrowd: 1``)."""
+def voc_dataset_dicts(
+    images: Sequence[VocImage], class_names: Sequence[str], source: str
+) -> List[Dict[str, Any]]:
+    """Detectron2 dataset dicts (image ids 1, 2, ... in the order of ``images``; boxes XYXY_ABS;
+    category ids the positions in ``class_names``; difficult objects ``iscrowd: 1``)."""
     index = {name: i for i, name in enumerate(class_names)}
     dicts = []
     for image_id, image in enumerate(images, start=1):
         unknown = sorted({o.name for o in image.objects if o.name not in index})
         if unknown:
             raise VocAnnotationError(
-                f"{image.xml_file} has objects named {unknown}, which are not among the classes of {source} "
+                f"{image.xml_file} has objects named {unknown}, which are not among the classes of "
+                f"{source} "
                 f"({', '.join(class_names)})"
             )
         height, width = _image_size(image)
-        dicts.append({
-            "file_name": image.image_file,
-            "image_id": image_id,
-            "height": height,
-            "width": width,
-            "annotations": [
-                {"bbox": list(o.bbox_xyxy), "bbox_mode": BoxMode.XYXY_ABS, "category_id": index[o.name],
-                 "iscrowd": int(o.difficult)}
-                for o in image.objects
-            ],
-        })
+        dicts.append(
+            {
+                "file_name": image.image_file,
+                "image_id": image_id,
+                "height": height,
+                "width": width,
+                "annotations": [
+                    {
+                        "bbox": list(o.bbox_xyxy),
+                        "bbox_mode": BoxMode.XYXY_ABS,
+                        "category_id": index[o.name],
+                        "iscrowd": int(o.difficult),
+                    }
+                    for o in image.objects
+                ],
+            }
+        )
     return dicts

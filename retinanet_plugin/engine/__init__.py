@@ -1,10 +1,16 @@
-"""Training utilities: the trainer, its checkpointers and its guards against non-finite losses and weights; and
-the batched predictor."""
+"""Training utilities: the trainer (``trainer``), its train loops (``train_loops``) and its guards
+against non-finite losses and weights (``finite_checks``); the checkpointers (from
+``retinanet_plugin.checkpoint``); and the batched predictor."""
+
+from ..checkpoint import (
+    AtomicDetectionCheckpointer,
+    CheckedDetectionCheckpointer,
+    CheckpointMismatchError,
+    CheckpointReadError,
+)
 from .batch_predictor import BatchPredictor
-from .checked_checkpointer import CheckedDetectionCheckpointer, CheckpointMismatchError, CheckpointReadError
-from .checkpointer import AtomicDetectionCheckpointer
 from .config_setup import config_from_file
-from .hooks import NonFiniteLossError, NonFiniteWeightsError
+from .finite_checks import NonFiniteLossError, NonFiniteWeightsError
 from .trainer import RetinaNetPluginTrainer, wrap_for_distributed
 
 __all__ = [

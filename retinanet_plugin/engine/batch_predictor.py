@@ -1,4 +1,5 @@
 """``DefaultPredictor`` for a list of images, run through the model as one batch."""
+
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -7,21 +8,23 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .checked_checkpointer import CheckedDetectionCheckpointer
+from ..checkpoint import CheckedDetectionCheckpointer
 
 INPUT_FORMATS = ("RGB", "BGR")
 
 
 class BatchPredictor:
-    """Like Detectron2's ``DefaultPredictor`` (the model of ``cfg`` in eval mode with ``cfg.MODEL.WEIGHTS``,
-    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, BGR input converted to ``INPUT.FORMAT``),
-    but called with a list of images, which go through the model in one forward.
+    """Like Detectron2's ``DefaultPredictor`` (the model of ``cfg`` in eval mode with
+    ``cfg.MODEL.WEIGHTS``, ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, BGR
+    input converted to ``INPUT.FORMAT``), but called with a list of images, which go through the
+    model in one forward.
 
-    In a batch, images are padded to the largest one (rounded up to the backbone's size divisibility). Images
-    whose padded size equals the batch's get the detections ``DefaultPredictor`` gives them, up to float rounding;
-    a smaller image gets zero padding further out, which changes the features near its bottom and right borders
-    (the convolutions see padding where alone they saw the tensor's edge), and so can change its detections.
-    Weights are loaded with the plugin's checkpointer: a missing or unreadable file is an error naming it.
+    In a batch, images are padded to the largest one (rounded up to the backbone's size
+    divisibility). Images whose padded size equals the batch's get the detections
+    ``DefaultPredictor`` gives them, up to float rounding; a smaller image gets zero padding further
+    out, which changes the features near its bottom and right borders (the convolutions see padding
+    where alone they saw the tensor's edge), and so can change its detections. Weights are loaded
+    with the plugin's checkpointer: a missing or unreadable file is an error naming it.
     """
 
     def __init__(self, cfg):
@@ -31,16 +34,27 @@ class BatchPredictor:
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         CheckedDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+            raise ValueError(
+                f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {self.input_format!r}"
+            )
 
     def prepare(self, original_image: np.ndarray) -> Dict:
-        """The model input for one (H, W, 3) uint8 BGR image: {"image": [3, h, w] float32, "height", "width"}."""
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
-            raise ValueError(f"an image must be an (H, W, 3) numpy array, got "
-                             f"{getattr(original_image, 'shape', type(original_image).__name__)}")
+        """The model input for one (H, W, 3) uint8 BGR image: {"image": [3, h, w] float32, "height",
+        "width"}."""
+        if (
+            not isinstance(original_image, np.ndarray)
+            or original_image.ndim != 3
+            or original_image.shape[2] != 3
+        ):
+            raise ValueError(
+                f"an image must be an (H, W, 3) numpy array, got "
+                f"{getattr(original_image, 'shape', type(original_image).__name__)}"
+            )
         if self.input_format == "RGB":
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
@@ -51,7 +65,8 @@ class BatchPredictor:
     def __call__(self, original_images: Sequence[np.ndarray]) -> List[Dict]:
         """
         Args:
-            original_images: (H_i, W_i, 3) uint8 images in BGR order, as ``DefaultPredictor`` takes one.
+            original_images: (H_i, W_i, 3) uint8 images in BGR order, as ``DefaultPredictor`` takes
+                one.
         Returns:
             per image, {"instances": Instances} in its original resolution, in the order given.
         """

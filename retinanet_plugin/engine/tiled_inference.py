@@ -1,20 +1,24 @@
-"""Sliced inference for images much larger than the model's input: overlapping tiles, merged detections.
+"""Sliced inference for images much larger than the model's input: overlapping tiles, merged
+detections.
 
-Resizing a 6000 px aerial photograph to the test size (``INPUT.MIN_SIZE_TEST``) shrinks a 20 px object to 3 px,
-below what the smallest anchors (32 px on stride 8) can find. :class:`TiledPredictor` cuts the image into tiles of
-``tile_size`` px overlapping by ``overlap`` (a fraction of the tile), runs the predictor on each tile as it would on
-a whole image (so each tile gets the test-time resize: with ``INPUT.MIN_SIZE_TEST`` equal to the tile size, tiles run
-at their own resolution), moves the detections to image coordinates and merges them:
+Resizing a 6000 px aerial photograph to the test size (``INPUT.MIN_SIZE_TEST``) shrinks a 20 px
+object to 3 px, below what the smallest anchors (32 px on stride 8) can find.
+:class:`TiledPredictor` cuts the image into tiles of ``tile_size`` px overlapping by ``overlap`` (a
+fraction of the tile), runs the predictor on each tile as it would on a whole image (so each tile
+gets the test-time resize: with ``INPUT.MIN_SIZE_TEST`` equal to the tile size, tiles run at their
+own resolution), moves the detections to image coordinates and merges them:
 
-1. a detection cut by an inner tile edge (its box touches an edge of its tile that is not the image's border) is
-   dropped when a detection of the same class from another tile covers at least ``cut_cover`` of it: the object
-   lies whole in that tile, which the overlap ensures for objects smaller than the overlap;
-2. class-aware NMS across all tiles (``nms_thresh``, ``MODEL.RETINANET.NMS_THRESH_TEST`` by default) removes the
-   duplicates of objects seen whole in two tiles;
+1. a detection cut by an inner tile edge (its box touches an edge of its tile that is not the
+   image's border) is dropped when a detection of the same class from another tile covers at least
+   ``cut_cover`` of it: the object lies whole in that tile, which the overlap ensures for objects
+   smaller than the overlap;
+2. class-aware NMS across all tiles (``nms_thresh``, ``MODEL.RETINANET.NMS_THRESH_TEST`` by default)
+   removes the duplicates of objects seen whole in two tiles;
 3. the best ``max_detections`` are kept.
 
 Objects larger than the overlap are cut in every tile; their pieces may survive as separate boxes.
 """
+
 import math
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -38,8 +42,9 @@ def _starts(length: int, tile: int, stride: int) -> List[int]:
 
 
 def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> List[Tile]:
-    """Tiles of ``tile_size`` px (smaller only where the image is) covering the image, neighbours overlapping by at
-    least ``overlap * tile_size`` px; the last tile of a row or column ends at the image border."""
+    """Tiles of ``tile_size`` px (smaller only where the image is) covering the image, neighbours
+    overlapping by at least ``overlap * tile_size`` px; the last tile of a row or column ends at the
+    image border."""
     if tile_size < 1:
         raise ValueError(f"--tile must be >= 1 px, got {tile_size}")
     if not 0.0 <= overlap < 1.0:
@@ -49,7 +54,9 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> List[T
     return [(x, y, min(x + tile_size, width), min(y + tile_size, height)) for y in ys for x in xs]
 
 
-def _cut_by_inner_edge(boxes: torch.Tensor, tile: Tile, image_size: Tuple[int, int], margin: float) -> torch.Tensor:
+def _cut_by_inner_edge(
+    boxes: torch.Tensor, tile: Tile, image_size: Tuple[int, int], margin: float
+) -> torch.Tensor:
     """[N] bool: the box touches an edge of ``tile`` that is not on the image's border."""
     x0, y0, x1, y1 = tile
     height, width = image_size
@@ -83,8 +90,8 @@ def merge_tile_detections(
     cut_cover: float = 0.8,
     edge_margin: float = 2.0,
 ) -> Instances:
-    """One image's ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``) from each tile's detections in tile
-    coordinates, merged as the module docstring says."""
+    """One image's ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``) from each tile's
+    detections in tile coordinates, merged as the module docstring says."""
     boxes, scores, classes, tile_index, cut = [], [], [], [], []
     for index, (tile, instances) in enumerate(per_tile):
         if len(instances) == 0:
@@ -109,7 +116,7 @@ def merge_tile_detections(
         rows = torch.nonzero(cut & (classes == k)).flatten()
         cols = torch.nonzero(classes == k).flatten()
         for start in range(0, len(rows), 256):  # bounded [256, #class] blocks
-            block = rows[start:start + 256]
+            block = rows[start : start + 256]
             covered = _covered_fraction(boxes[block], boxes[cols]) >= cut_cover
             covered &= tile_index[block][:, None] != tile_index[cols][None, :]
             covered &= _area(boxes[cols])[None, :] > _area(boxes[block])[:, None]
@@ -127,8 +134,9 @@ def _area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 class TiledPredictor:
-    """Detections on large images from a predictor of whole images (e.g. :class:`BatchPredictor`: a callable that
-    takes a list of (H, W, 3) BGR uint8 images and returns one ``{"instances": Instances}`` per image), tile by tile.
+    """Detections on large images from a predictor of whole images (e.g. :class:`BatchPredictor`: a
+    callable that takes a list of (H, W, 3) BGR uint8 images and returns one ``{"instances":
+    Instances}`` per image), tile by tile.
 
     Args:
         predictor: as above; called with up to ``batch_size`` tiles at a time.
@@ -136,8 +144,17 @@ class TiledPredictor:
         nms_thresh, max_detections, cut_cover: see :func:`merge_tile_detections`.
     """
 
-    def __init__(self, predictor: Callable[[List[np.ndarray]], List[Dict]], tile_size: int, overlap: float = 0.25, *,
-                 nms_thresh: float = 0.5, max_detections: int = 1000, batch_size: int = 1, cut_cover: float = 0.8):
+    def __init__(
+        self,
+        predictor: Callable[[List[np.ndarray]], List[Dict]],
+        tile_size: int,
+        overlap: float = 0.25,
+        *,
+        nms_thresh: float = 0.5,
+        max_detections: int = 1000,
+        batch_size: int = 1,
+        cut_cover: float = 0.8,
+    ):
         tile_grid(tile_size, tile_size, tile_size, overlap)  # checks the arguments
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -147,7 +164,8 @@ class TiledPredictor:
         self.batch_size = batch_size
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[Dict]:
-        """Like the predictor: a list of BGR images in, ``[{"instances": Instances}]`` in image coordinates out."""
+        """Like the predictor: a list of BGR images in, ``[{"instances": Instances}]`` in image
+        coordinates out."""
         return [{"instances": self.predict_one(image)} for image in images]
 
     def predict_one(self, image: np.ndarray) -> Instances:
@@ -155,9 +173,16 @@ class TiledPredictor:
         tiles = tile_grid(height, width, self.tile_size, self.overlap)
         per_tile = []
         for first in range(0, len(tiles), self.batch_size):
-            batch = tiles[first:first + self.batch_size]
+            batch = tiles[first : first + self.batch_size]
             crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in batch]
             outputs = self.predictor(crops)
-            per_tile += [(tile, output["instances"].to("cpu")) for tile, output in zip(batch, outputs)]
-        return merge_tile_detections(per_tile, (height, width), nms_thresh=self.nms_thresh,
-                                     max_detections=self.max_detections, cut_cover=self.cut_cover)
+            per_tile += [
+                (tile, output["instances"].to("cpu")) for tile, output in zip(batch, outputs)
+            ]
+        return merge_tile_detections(
+            per_tile,
+            (height, width),
+            nms_thresh=self.nms_thresh,
+            max_detections=self.max_detections,
+            cut_cover=self.cut_cover,
+        )

@@ -1,4 +1,5 @@
 """Detectron2's DefaultTrainer, ready for GPUs and for CPU-only machines."""
+
 import logging
 import weakref
 
@@ -12,17 +13,20 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import CheckedDetectionCheckpointer
 from ..data.file_datasets import apply_num_classes_from_data, register_datasets_of_config
 from ..data.image_quirks import apply_image_size_limit
-from ..data.validation import CheckedDatasetMapper, load_checked_dataset_dicts
+from ..data.checked_loading import load_checked_dataset_dicts
+from ..data.checked_mapper import CheckedDatasetMapper
 from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
-from .checked_checkpointer import CheckedDetectionCheckpointer
-from .hooks import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, finite_weights_checkpointer_hooks
+from .finite_checks import finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
+from .train_loops import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 
 
 def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
-    """DDP when there are several processes: on the process's GPU, or (GLOO, no ``device_ids``) on the CPU."""
+    """DDP when there are several processes: on the process's GPU, or (GLOO, no ``device_ids``) on
+    the CPU."""
     if comm.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).device.type == "cuda"
@@ -31,15 +35,17 @@ def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class RetinaNetPluginTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with these changes: DDP also works on CPU processes (``--num-gpus N`` without GPUs
-    runs N CPU workers over GLOO), checkpoints are written atomically, and evaluation uses Detectron2's
-    ``COCOEvaluator`` on faster-coco-eval when it is installed, else on pycocotools (``PluginCOCOEvaluator``; no
-    compiled Detectron2 extension needed). Datasets given by files (``coco:JSON``, ``voc:FOLDER``) are registered,
-    and ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` applied, when the trainer is built. For reliability
-    (``retinanet_plugin.data.validation``, ``.hooks``, ``.checked_checkpointer``): the data loaders check and
-    repair the dataset dicts and read images with clear errors; a non-finite loss term stops training naming it;
-    no checkpoint of non-finite weights is written; unreadable checkpoints are named, and ``--resume`` falls back
-    to the newest readable one."""
+    """``DefaultTrainer`` with these changes: DDP also works on CPU processes (``--num-gpus N``
+    without GPUs runs N CPU workers over GLOO), checkpoints are written atomically, and evaluation
+    uses Detectron2's ``COCOEvaluator`` on faster-coco-eval when it is installed, else on
+    pycocotools (``PluginCOCOEvaluator``; no compiled Detectron2 extension needed). Datasets given
+    by files (``coco:JSON``, ``voc:FOLDER``) are registered, and
+    ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` applied, when the trainer is built. For
+    reliability (``retinanet_plugin.data.checked_loading`` and ``.checked_mapper``,
+    ``.train_loops``, ``.finite_checks``, ``retinanet_plugin.checkpoint``): the data loaders check
+    and repair the dataset dicts and read images with clear errors; a non-finite loss term stops
+    training naming it; no checkpoint of non-finite weights is written; unreadable checkpoints are
+    named, and ``--resume`` falls back to the newest readable one."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -52,12 +58,15 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         model = wrap_for_distributed(model)
         if cfg.SOLVER.AMP.ENABLED:
-            precision = amp_dtype_for(cfg.MODEL.RETINANET_PLUGIN.AMP_DTYPE, torch.device(cfg.MODEL.DEVICE).type)
+            device_type = torch.device(cfg.MODEL.DEVICE).type
+            precision = amp_dtype_for(cfg.MODEL.RETINANET_PLUGIN.AMP_DTYPE, device_type)
             self._trainer = FiniteLossAMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = FiniteLossSimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = CheckedDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CheckedDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -71,7 +80,8 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         register_datasets_of_config(cfg)
         apply_image_size_limit(cfg)
         dataset = load_checked_dataset_dicts(cfg, cfg.DATASETS.TRAIN, is_train=True)
-        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True), dataset=dataset)
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -79,7 +89,9 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         apply_image_size_limit(cfg)
         dataset = load_checked_dataset_dicts(cfg, dataset_name, is_train=False)
         mapper = CheckedDatasetMapper(cfg, is_train=False)
-        return build_detection_test_loader(dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return build_detection_test_loader(
+            dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -88,7 +100,9 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         if name == "SGD":
             return DefaultTrainer.build_optimizer(cfg, model)
         if name != "AdamW":
-            raise ValueError(f"MODEL.RETINANET_PLUGIN.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+            raise ValueError(
+                f"MODEL.RETINANET_PLUGIN.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}"
+            )
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -96,7 +110,9 @@ class RetinaNetPluginTrainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
         return maybe_add_gradient_clipping(cfg, optimizer)
 
     @classmethod
@@ -109,7 +125,8 @@ class RetinaNetPluginTrainer(DefaultTrainer):
 
 def prepare_config(cfg):
     """``cfg``, or a copy with ``MODEL.RETINANET.NUM_CLASSES`` taken from the data when
-    ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` asks for it; the file-given datasets are registered."""
+    ``MODEL.RETINANET_PLUGIN.NUM_CLASSES_FROM_DATA`` asks for it; the file-given datasets are
+    registered."""
     register_datasets_of_config(cfg)
     if not cfg.MODEL.RETINANET_PLUGIN.get("NUM_CLASSES_FROM_DATA", False):
         return cfg

@@ -1,5 +1,6 @@
-"""COCO evaluation: Detectron2's ``COCOEvaluator`` on faster-coco-eval when it is installed (else pycocotools), and
-AP summaries at any detection limit (``tools/predict.py --evaluate``)."""
+"""COCO evaluation: Detectron2's ``COCOEvaluator`` on faster-coco-eval when it is installed (else
+pycocotools), and AP summaries at any detection limit (``tools/predict.py --evaluate``)."""
+
 from .coco_backend import (
     BACKENDS,
     CocoBackend,

@@ -1,10 +1,13 @@
-"""Which COCO API computes AP: faster-coco-eval (C++) when it is installed, else pycocotools (Python).
+"""Which COCO API computes AP: faster-coco-eval (C++) when it is installed, else pycocotools
+(Python).
 
-faster-coco-eval is a maintained drop-in for pycocotools' ``COCO`` and ``COCOeval``: the same matching, the same
-101-point interpolation, the same ``eval["precision"]`` array and ``stats``; only ``evaluate()`` and
-``accumulate()`` run in C++. ``tests/test_fast_coco_eval.py`` checks that both give the same AP (within 1e-4 on
-every metric) and ``benchmarks/bench_coco_eval.py`` measures the time.
+faster-coco-eval is a maintained drop-in for pycocotools' ``COCO`` and ``COCOeval``: the same
+matching, the same 101-point interpolation, the same ``eval["precision"]`` array and ``stats``; only
+``evaluate()`` and ``accumulate()`` run in C++. ``tests/test_fast_coco_eval.py`` checks that both
+give the same AP (within 1e-4 on every metric) and ``benchmarks/bench_coco_eval.py`` measures the
+time.
 """
+
 import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Sequence
@@ -23,7 +26,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
-FASTER_COCO_EVAL_REQUIREMENT = "faster-coco-eval==1.8.0"  # the pinned version (tools/stack-requirements.txt)
+FASTER_COCO_EVAL_REQUIREMENT = (
+    "faster-coco-eval==1.8.0"  # the pinned version (tools/stack-requirements.txt)
+)
 _fallback_logged = False
 
 
@@ -65,8 +70,9 @@ def fast_coco_eval_available() -> bool:
 
 
 def resolve_coco_backend(name: str = "auto") -> CocoBackend:
-    """The backend ``name`` asks for: "auto" (faster-coco-eval when installed, else pycocotools, saying so once per
-    process in a log line), "faster_coco_eval" (an error when it is not installed) or "pycocotools"."""
+    """The backend ``name`` asks for: "auto" (faster-coco-eval when installed, else pycocotools,
+    saying so once per process in a log line), "faster_coco_eval" (an error when it is not
+    installed) or "pycocotools"."""
     global _fallback_logged
     if name not in BACKENDS:
         raise ValueError(f"COCO evaluation backend must be one of {BACKENDS}, got {name!r}")
@@ -76,11 +82,14 @@ def resolve_coco_backend(name: str = "auto") -> CocoBackend:
     if fast is not None:
         return fast
     if name == "faster_coco_eval":
-        raise ImportError(f"faster-coco-eval is not installed: pip install {FASTER_COCO_EVAL_REQUIREMENT}")
+        raise ImportError(
+            f"faster-coco-eval is not installed: pip install {FASTER_COCO_EVAL_REQUIREMENT}"
+        )
     if not _fallback_logged:
         _fallback_logged = True
         logger.info(
-            "faster-coco-eval is not installed: COCO evaluation uses pycocotools, which gives the same AP more slowly "
+            "faster-coco-eval is not installed: COCO evaluation uses pycocotools, which gives the "
+            "same AP more slowly "
             f"(pip install {FASTER_COCO_EVAL_REQUIREMENT})"
         )
     return _pycocotools()
@@ -92,20 +101,29 @@ def _quiet(coco_api) -> None:
 
 
 def run_coco_eval(
-    gt: Dict[str, Any], results: List[Dict[str, Any]], backend: CocoBackend, *, iou_type: str = "bbox",
-    max_dets: int = 100, quiet: bool = True,
+    gt: Dict[str, Any],
+    results: List[Dict[str, Any]],
+    backend: CocoBackend,
+    *,
+    iou_type: str = "bbox",
+    max_dets: int = 100,
+    quiet: bool = True,
 ):
-    """``COCOeval`` of ``results`` (COCO result dicts) against the COCO dict ``gt``: loadRes, evaluate, accumulate;
-    ``summarize()`` too when ``max_dets`` is COCO's 100 (pycocotools' summary assumes it). The inputs are copied
-    (both APIs add keys to the dicts they are given). ``params.maxDets`` is ``[1, 10, max_dets]``.
+    """``COCOeval`` of ``results`` (COCO result dicts) against the COCO dict ``gt``: loadRes,
+    evaluate, accumulate; ``summarize()`` too when ``max_dets`` is COCO's 100 (pycocotools' summary
+    assumes it). The inputs are copied (both APIs add keys to the dicts they are given).
+    ``params.maxDets`` is ``[1, 10, max_dets]``.
 
-    Returns the evaluated ``COCOeval`` object; :func:`coco_ap_summary` reads AP at any ``max_dets`` from it.
+    Returns the evaluated ``COCOeval`` object; :func:`coco_ap_summary` reads AP at any ``max_dets``
+    from it.
     """
     import contextlib
     import io
 
     if not results:
-        raise ValueError("no detections to evaluate (COCOeval cannot evaluate an empty result list)")
+        raise ValueError(
+            "no detections to evaluate (COCOeval cannot evaluate an empty result list)"
+        )
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         coco_gt = backend.COCO()
         coco_gt.dataset = _copied(gt)
@@ -124,7 +142,8 @@ def run_coco_eval(
 
 
 def _copied_entry(entry: Dict[str, Any]) -> Dict[str, Any]:
-    """A copy of a COCO annotation or result dict deep enough for the APIs (which add keys and rewrite bbox)."""
+    """A copy of a COCO annotation or result dict deep enough for the APIs (which add keys and
+    rewrite bbox)."""
     out = dict(entry)
     if isinstance(out.get("bbox"), list):
         out["bbox"] = list(out["bbox"])
@@ -150,11 +169,14 @@ def _mean_valid(values: np.ndarray) -> float:
 
 
 def coco_ap_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
-    """AP, AP50, AP75, APs, APm, APl (percent) and, with ``class_names``, ``AP-<name>`` per category, read from the
-    accumulated ``eval["precision"]`` at the last ``maxDets`` entry: for ``maxDets`` 100 this is exactly what
-    ``COCOeval.summarize()`` reports in ``stats[0:6]`` (and Detectron2's per-category AP), for other limits the same
-    definition at that limit. Areas without ground truth give NaN, as in Detectron2."""
-    precision = coco_eval.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max dets]
+    """AP, AP50, AP75, APs, APm, APl (percent) and, with ``class_names``, ``AP-<name>`` per
+    category, read from the accumulated ``eval["precision"]`` at the last ``maxDets`` entry: for
+    ``maxDets`` 100 this is exactly what ``COCOeval.summarize()`` reports in ``stats[0:6]`` (and
+    Detectron2's per-category AP), for other limits the same definition at that limit. Areas without
+    ground truth give NaN, as in Detectron2."""
+    precision = coco_eval.eval[
+        "precision"
+    ]  # [IoU thresholds, recall points, categories, areas, max dets]
     params = coco_eval.params
     area_index = {label: params.areaRngLbl.index(label) for label in _AREAS.values()}
     iou_thresholds = np.asarray(params.iouThrs)
@@ -163,10 +185,14 @@ def coco_ap_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> D
         out["AP" + suffix] = 100.0 * _mean_valid(precision[:, :, :, area_index[label], -1])
     for threshold in (0.5, 0.75):
         t = int(np.argmin(np.abs(iou_thresholds - threshold)))
-        out[f"AP{int(threshold * 100)}"] = 100.0 * _mean_valid(precision[t, :, :, area_index["all"], -1])
+        out[f"AP{int(threshold * 100)}"] = 100.0 * _mean_valid(
+            precision[t, :, :, area_index["all"], -1]
+        )
     if class_names is not None:
         if len(class_names) != precision.shape[2]:
-            raise ValueError(f"{len(class_names)} class names for {precision.shape[2]} evaluated categories")
+            raise ValueError(
+                f"{len(class_names)} class names for {precision.shape[2]} evaluated categories"
+            )
         for k, name in enumerate(class_names):
             out[f"AP-{name}"] = 100.0 * _mean_valid(precision[:, :, k, area_index["all"], -1])
     return out

@@ -1,11 +1,13 @@
 """Detectron2's ``COCOEvaluator`` on the COCO API that :func:`resolve_coco_backend` picks.
 
-Detectron2 chooses between pycocotools' ``COCOeval`` and its own compiled ``COCOeval_opt``; the latter needs
-``detectron2._C``, which does not load here, so Detectron2 alone evaluates in Python. :class:`PluginCOCOEvaluator`
-is Detectron2's evaluator unchanged (the same inputs, result files, tables and metric names) except that, while it
-loads the ground truth and while it evaluates, the ``COCO`` and ``COCOeval`` names that Detectron2's module calls
-refer to the chosen backend's classes.
+Detectron2 chooses between pycocotools' ``COCOeval`` and its own compiled ``COCOeval_opt``; the
+latter needs ``detectron2._C``, which does not load here, so Detectron2 alone evaluates in Python.
+:class:`PluginCOCOEvaluator` is Detectron2's evaluator unchanged (the same inputs, result files,
+tables and metric names) except that, while it loads the ground truth and while it evaluates, the
+``COCO`` and ``COCOeval`` names that Detectron2's module calls refer to the chosen backend's
+classes.
 """
+
 import contextlib
 import logging
 import os
@@ -24,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def _coco_api_of(backend: CocoBackend) -> Iterator[None]:
-    """Within the block, Detectron2's coco_evaluation module uses ``backend``'s COCO and COCOeval."""
+    """Within the block, Detectron2's coco_evaluation module uses ``backend``'s COCO and
+    COCOeval."""
     if backend.name == "pycocotools":
         yield
         return
@@ -37,17 +40,29 @@ def _coco_api_of(backend: CocoBackend) -> Iterator[None]:
 
 
 class PluginCOCOEvaluator(COCOEvaluator):
-    """``COCOEvaluator(dataset_name, ..., use_fast_impl=False)`` computing AP with ``backend``: "auto"
-    (faster-coco-eval when installed, else pycocotools with one log line), "faster_coco_eval" or "pycocotools"."""
+    """``COCOEvaluator(dataset_name, ..., use_fast_impl=False)`` computing AP with ``backend``:
+    "auto" (faster-coco-eval when installed, else pycocotools with one log line), "faster_coco_eval"
+    or "pycocotools"."""
 
-    def __init__(self, dataset_name: str, tasks=None, distributed: bool = True, output_dir: Optional[str] = None, *,
-                 backend: str = "auto", **kwargs):
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks=None,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        backend: str = "auto",
+        **kwargs,
+    ):
         kwargs.pop("use_fast_impl", None)
         self._coco_backend = resolve_coco_backend(backend)
         with _coco_api_of(self._coco_backend):
-            super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False, **kwargs)
+            super().__init__(
+                dataset_name, tasks, distributed, output_dir, use_fast_impl=False, **kwargs
+            )
         logger.info(
-            f"COCO evaluation of '{dataset_name}' with {self._coco_backend.name} {self._coco_backend.version}"
+            f"COCO evaluation of '{dataset_name}' with {self._coco_backend.name} "
+            f"{self._coco_backend.version}"
         )
 
     @property
@@ -60,8 +75,8 @@ class PluginCOCOEvaluator(COCOEvaluator):
 
 
 def evaluation_folder_name(dataset_name: str) -> str:
-    """A folder name for a dataset's evaluation files: datasets given by files (``coco:/data/x.json``) have
-    slashes and colons in their names."""
+    """A folder name for a dataset's evaluation files: datasets given by files
+    (``coco:/data/x.json``) have slashes and colons in their names."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_name).strip("_.")
     return name or "dataset"
 

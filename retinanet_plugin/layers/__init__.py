@@ -1,5 +1,6 @@
-"""Layers of the plugin: the sigmoid and quality focal loss ops, the dense-target focal loss op (fvcore's and
-torchvision's drop-in), and their reference expressions."""
+"""Layers of the plugin: the sigmoid and quality focal loss ops, the dense-target focal loss op
+(fvcore's and torchvision's drop-in), and their reference expressions."""
+
 from .focal_loss_reference import sigmoid_focal_loss_reference
 from .quality_focal_loss import quality_focal_loss
 from .quality_focal_loss_reference import quality_focal_loss_reference

@@ -1,15 +1,20 @@
-"""The one door to the compiled library ``retinanet_plugin._C`` and what the ops' Python faces share.
+"""The one door to the compiled library ``retinanet_plugin._C`` and what the ops' Python faces
+share.
 
-``_C`` is imported once, here; its import registers the ``torch.ops.retinanet_plugin`` ops. Each loss module
-(``sigmoid_focal_loss``, ``quality_focal_loss``, ``sigmoid_focal_loss_dense``) keeps only its own signature and
-docstring, its fake kernel's shape checks and its autograd formula, and takes from here:
+``_C`` is imported once, here; its import registers the ``torch.ops.retinanet_plugin`` ops. Each
+loss module (``sigmoid_focal_loss``, ``quality_focal_loss``, ``sigmoid_focal_loss_dense``) keeps
+only its own signature and docstring, its fake kernel's shape checks and its autograd formula, and
+takes from here:
 
-- ``require_op(logits, reduction)``: the checks every call makes before it reaches the op (library loaded, a known
-  reduction, CUDA kernels built for CUDA logits), with errors that say how to fix them;
-- ``split_normalizer``: a float normaliser becomes the op's ``divisor``, a tensor stays on the device;
+- ``require_op(logits, reduction)``: the checks every call makes before it reaches the op (library
+  loaded, a known reduction, CUDA kernels built for CUDA logits), with errors that say how to fix
+  them;
+- ``split_normalizer``: a float normaliser becomes the op's ``divisor``, a tensor stays on the
+  device;
 - ``fake_loss`` / ``fake_grad``: the outputs' dtype, shape and layout, the same rule as the kernels'
-  (``output_strides`` in ``csrc/focal_loss.h``), for ``torch.compile`` and ``torch.export``.
+  (``output_strides`` in ``csrc/loss_driver.h``), for ``torch.compile`` and ``torch.export``.
 """
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -37,29 +42,45 @@ def built_with_cuda() -> bool:
     return bool(_C is not None and _C.WITH_CUDA)
 
 
+def library_path() -> str:
+    """The file of the loaded compiled library (raises when it could not be loaded)."""
+    if _C is None:
+        raise RuntimeError(
+            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
+        )
+    return _C.__file__
+
+
 def cpu_kernel_capability() -> str:
     """The CPU kernel variant in use on this machine: "AVX512", "AVX2" or "DEFAULT"."""
     if _C is None:
-        raise RuntimeError(f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}")
+        raise RuntimeError(
+            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
+        )
     return _C.cpu_kernel_capability()
 
 
 def require_op(logits: torch.Tensor, reduction: str) -> None:
     """Raises a clear error when a loss op cannot run on ``logits`` with ``reduction``."""
     if _C is None:
-        raise RuntimeError(f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}")
+        raise RuntimeError(
+            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
+        )
     check_reduction(reduction)
     if logits.is_cuda and not built_with_cuda():
         raise RuntimeError(
-            "retinanet_plugin._C was built without CUDA kernels and got CUDA logits: rebuild with a CUDA toolkit "
-            "(`FORCE_CUDA=1 pip install --no-build-isolation -e .`, TORCH_CUDA_ARCH_LIST picks the GPUs)"
+            "retinanet_plugin._C was built without CUDA kernels and got CUDA logits: rebuild with "
+            "a CUDA toolkit "
+            "(`FORCE_CUDA=1 pip install --no-build-isolation -e .`, TORCH_CUDA_ARCH_LIST picks the "
+            "GPUs)"
         )
 
 
 def split_normalizer(
     normalizer: Optional[Union[torch.Tensor, float]],
 ) -> Tuple[Optional[torch.Tensor], float]:
-    """(tensor normaliser or None, divisor): the op divides by ``divisor * normalizer`` inside the kernel."""
+    """(tensor normaliser or None, divisor): the op divides by ``divisor * normalizer`` inside the
+    kernel."""
     if normalizer is not None and not isinstance(normalizer, torch.Tensor):
         return None, float(normalizer)
     return normalizer, 1.0
@@ -71,8 +92,9 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def output_strides(logits: torch.Tensor) -> Tuple[int, int]:
-    """Strides of an [N, K] result (loss for reduction "none", gradient) of the kernels: contiguous, except on CUDA
-    for column-major logits, whose layout the CUDA kernels keep so that they read and write coalesced."""
+    """Strides of an [N, K] result (loss for reduction "none", gradient) of the kernels: contiguous,
+    except on CUDA for column-major logits, whose layout the CUDA kernels keep so that they read and
+    write coalesced."""
     rows, cols = logits.shape
     if logits.device.type == "cuda" and rows > 1 and cols > 1 and logits.stride(0) == 1:
         return (1, rows)
@@ -91,3 +113,11 @@ def fake_loss(logits: torch.Tensor, reduction: str) -> torch.Tensor:
 def fake_grad(logits: torch.Tensor) -> torch.Tensor:
     """The backward's output (the gradient w.r.t. logits), without computing it."""
     return logits.new_empty_strided(logits.shape, output_strides(logits))
+
+
+def check_labels_shape(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """The fake kernels' check of integer labels [N] (the op's own checks run in C++)."""
+    torch._check(labels.dim() == 1, lambda: f"labels must be 1-D [N], got {labels.dim()}-D")
+    torch._check(
+        labels.shape[0] == logits.shape[0], lambda: "labels must have one entry per row of logits"
+    )

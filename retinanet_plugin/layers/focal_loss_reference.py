@@ -1,10 +1,11 @@
 """The composite PyTorch sigmoid focal loss, kept as the reference and as a fallback for the op."""
+
 from typing import Callable, Optional, Union
 
 import torch
 from fvcore.nn import sigmoid_focal_loss
 
-from .reduction import check_reduction
+from .reduction import check_reduction, reduce_label_loss
 
 
 def sigmoid_focal_loss_reference(
@@ -22,10 +23,13 @@ def sigmoid_focal_loss_reference(
         logits: [N, K] class logits (any float dtype; computed in fp32 or fp64).
         labels: [N] integers: 0..K-1 the positive class, K background, -1 ignored (no loss).
         gamma, alpha: focal loss parameters (alpha < 0 disables the alpha weighting).
-        reduction: "none" ([N, K], zero on ignored rows), "sum", or "mean" (over the non-ignored elements).
-        normalizer: optional scalar the result is divided by (e.g. the number of foreground anchors).
-        composite: the elementwise loss on one-hot targets, ``f(inputs, targets, alpha, gamma, "none")``:
-            fvcore's (Detectron2's choice), or e.g. ``torchvision.ops.sigmoid_focal_loss``.
+        reduction: "none" ([N, K], zero on ignored rows), "sum", or "mean" (over the non-ignored
+            elements).
+        normalizer: optional scalar the result is divided by (e.g. the number of foreground
+            anchors).
+        composite: the elementwise loss on one-hot targets, ``f(inputs, targets, alpha, gamma,
+            "none")``: fvcore's (Detectron2's choice), or e.g.
+            ``torchvision.ops.sigmoid_focal_loss``.
     Returns:
         The loss, in the dtype fvcore returns (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
     """
@@ -36,10 +40,4 @@ def sigmoid_focal_loss_reference(
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     loss = composite(logits.to(compute_dtype), targets.to(compute_dtype), alpha, gamma, "none")
     loss = loss * valid.unsqueeze(1).to(compute_dtype)
-    if reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "mean":
-        loss = loss.sum() / (valid.sum() * num_classes).clamp(min=1)
-    if normalizer is not None:
-        loss = loss / normalizer
-    return loss
+    return reduce_label_loss(loss, labels, reduction, normalizer)

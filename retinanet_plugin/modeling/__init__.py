@@ -1,4 +1,5 @@
 """Modeling components; importing this module registers them in Detectron2's registries."""
+
 from .anchor_generator import RetinaNetPluginAnchorGenerator
 from .backbone import build_retinanet_plugin_resnet_fpn_backbone
 from .head import RETINANET_PLUGIN_HEAD_REGISTRY, RetinaNetPluginHead, build_retinanet_plugin_head

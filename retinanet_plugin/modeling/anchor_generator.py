@@ -1,4 +1,5 @@
 """Anchors of RetinaNet: sizes x aspect ratios at every location of every pyramid level."""
+
 import math
 from collections import OrderedDict
 from typing import List, Sequence, Tuple
@@ -41,20 +42,30 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torc
 
 @ANCHOR_GENERATOR_REGISTRY.register()
 class RetinaNetPluginAnchorGenerator(nn.Module):
-    """Generates ``len(sizes) * len(aspect_ratios)`` anchors (9 by default) at each location of each level.
+    """Generates ``len(sizes) * len(aspect_ratios)`` anchors (9 by default) at each location of each
+    level.
 
     Anchors of a level are ordered location-major (row, then column), then size, then aspect ratio,
     which is the order of the head's channel layout and of Detectron2's ``DefaultAnchorGenerator``.
-    The most recent ``GRID_CACHE_SIZE`` grids are cached per (level, height, width, device), so repeated
-    image sizes cost nothing and multi-scale training does not grow memory without bound.
+    The most recent ``GRID_CACHE_SIZE`` grids are cached per (level, height, width, device), so
+    repeated image sizes cost nothing and multi-scale training does not grow memory without bound.
     """
 
     GRID_CACHE_SIZE = 32
+    # The cache is eager-mode only (a TorchScript module computes the grids): left out of scripting.
+    __jit_ignored_attributes__ = ["_grid_cache"]
 
     box_dim: int = 4
 
     @configurable
-    def __init__(self, *, sizes: List[List[float]], aspect_ratios: List[List[float]], strides: List[int], offset: float = 0.0):
+    def __init__(
+        self,
+        *,
+        sizes: List[List[float]],
+        aspect_ratios: List[List[float]],
+        strides: List[int],
+        offset: float = 0.0,
+    ):
         """
         Args:
             sizes: per level, anchor sizes in pixels (sqrt of the area).
@@ -67,10 +78,15 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
             raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         num_levels = len(strides)
         sizes = _per_level(sizes, num_levels, "MODEL.ANCHOR_GENERATOR.SIZES")
-        aspect_ratios = _per_level(aspect_ratios, num_levels, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
+        aspect_ratios = _per_level(
+            aspect_ratios, num_levels, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"
+        )
         for key, per_level in (("SIZES", sizes), ("ASPECT_RATIOS", aspect_ratios)):
             if any(len(v) == 0 or min(v) <= 0 for v in per_level):
-                raise ValueError(f"MODEL.ANCHOR_GENERATOR.{key} needs positive values on every level, got {per_level}")
+                raise ValueError(
+                    f"MODEL.ANCHOR_GENERATOR.{key} needs positive values on every level, got "
+                    f"{per_level}"
+                )
         self.strides = list(strides)
         self.offset = offset
         self.sizes = sizes
@@ -96,9 +112,20 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
     def num_anchors(self) -> List[int]:
         return self.num_cell_anchors
 
-    def _grid_anchors(self, level: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """[height * width * A, 4] anchors of ``level``, cached by size in eager mode. While tracing, compiling or
-        exporting they are computed from the (possibly symbolic) sizes, so the graph does not freeze one image size."""
+    def _grid_anchors(
+        self, level: int, height: int, width: int, device: torch.device
+    ) -> torch.Tensor:
+        """[height * width * A, 4] anchors of ``level``: cached by size in eager mode; computed from
+        the (possibly symbolic) sizes while scripting, tracing, compiling or exporting, so the graph
+        freezes no image size."""
+        if torch.jit.is_scripting():
+            return self._compute_grid_anchors(level, height, width, device)
+        return self._cached_grid_anchors(level, height, width, device)
+
+    @torch.jit.unused
+    def _cached_grid_anchors(
+        self, level: int, height: int, width: int, device: torch.device
+    ) -> torch.Tensor:
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self._compute_grid_anchors(level, height, width, device)
         key = (level, height, width, str(device))
@@ -112,11 +139,13 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
             self._grid_cache.move_to_end(key)
         return anchors
 
-    def _compute_grid_anchors(self, level: int, height, width, device: torch.device) -> torch.Tensor:
+    def _compute_grid_anchors(
+        self, level: int, height: int, width: int, device: torch.device
+    ) -> torch.Tensor:
         stride = self.strides[level]
         xs = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * stride
         ys = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * stride
-        shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+        shift_y, shift_x = torch.meshgrid([ys, xs], indexing="ij")
         shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
         return (shifts + self._cell_anchors[level].to(device).view(1, -1, 4)).reshape(-1, 4)
 
@@ -124,6 +153,8 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
         """Per level, a ``Boxes`` of [H_i * W_i * A, 4] anchors in input-image pixels (XYXY)."""
         if len(features) != len(self.strides):
             raise ValueError(f"got {len(features)} feature maps, expected {len(self.strides)}")
-        return [
-            Boxes(self._grid_anchors(i, f.shape[-2], f.shape[-1], f.device)) for i, f in enumerate(features)
-        ]
+        anchors: List[Boxes] = []
+        for level, feature in enumerate(features):
+            height, width = feature.shape[-2], feature.shape[-1]
+            anchors.append(Boxes(self._grid_anchors(level, height, width, feature.device)))
+        return anchors

@@ -1,4 +1,5 @@
 """ResNet + FPN backbone with the RetinaNet pyramid P3-P7."""
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
@@ -12,9 +13,9 @@ def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """Detectron2's ResNet (depth 18/34/50/101/152) with an FPN giving p3-p7.
 
     P3-P5 come from the FPN over ``MODEL.FPN.IN_FEATURES`` (res3-res5), each with
-    ``MODEL.FPN.OUT_CHANNELS`` channels (256). P6 is a 3x3 stride-2 conv on C5 (``res5``, as Detectron2)
-    or on P5 (``p5``), chosen by ``MODEL.RETINANET_PLUGIN.P6P7_INPUT``; P7 is a 3x3 stride-2 conv on
-    ReLU(P6). Strides are 8, 16, 32, 64 and 128 pixels.
+    ``MODEL.FPN.OUT_CHANNELS`` channels (256). P6 is a 3x3 stride-2 conv on C5 (``res5``, as
+    Detectron2) or on P5 (``p5``), chosen by ``MODEL.RETINANET_PLUGIN.P6P7_INPUT``; P7 is a 3x3
+    stride-2 conv on ReLU(P6). Strides are 8, 16, 32, 64 and 128 pixels.
     """
     p6p7_input = cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT
     if p6p7_input not in P6P7_INPUTS:

@@ -1,16 +1,18 @@
-"""Inference post-processing: from dense per-level predictions to at most ``max_detections_per_image`` boxes.
+"""Inference post-processing: from dense per-level predictions to at most
+``max_detections_per_image`` boxes.
 
-Two forms select the same candidates (per level, the best ``topk_candidates`` (anchor, class) pairs above the
-score threshold) and decode them with the same ``apply_deltas``:
+Two forms select the same candidates (per level, the best ``topk_candidates`` (anchor, class) pairs
+above the score threshold) and decode them with the same ``apply_deltas``:
 
-* :func:`select_detections` (eager): per image, threshold first and top-k of what passed (cheap: few pairs pass),
-  then class-aware NMS with Detectron2's ``batched_nms``, giving a variable-length ``Instances``. It is what the
-  model runs, and what Detectron2's RetinaNet computes.
-* :func:`select_detections_padded` (export): all images at once, in tensors of a fixed size [N, D] plus a count
-  per image, with no Python loop or branch on data, so that ``torch.jit.trace``, ``torch.export`` and ONNX can
-  capture it with a dynamic batch and image size.
+* :func:`select_detections` (eager): per image, threshold first and top-k of what passed (cheap: few
+  pairs pass), then class-aware NMS with Detectron2's ``batched_nms``, giving a variable-length
+  ``Instances``. It is what the model runs, and what Detectron2's RetinaNet computes.
+* :func:`select_detections_padded` (export): all images at once, in tensors of a fixed size [N, D]
+  plus a count per image, with no Python loop or branch on data, so that ``torch.jit.trace``,
+  ``torch.export`` and ONNX can capture it with a dynamic batch and image size.
 """
-from typing import List, Tuple
+
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -21,9 +23,20 @@ from detectron2.structures import Boxes, Instances
 from torchvision.ops import nms
 
 
+class DetectionSettings(NamedTuple):
+    """The test-time settings of both selections (``MODEL.RETINANET.*_TEST``,
+    ``TEST.DETECTIONS_PER_IMAGE``)."""
+
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    max_detections_per_image: int = 100
+
+
 def _num_candidates(num_pairs, topk_candidates: int):
-    """min(topk_candidates, num_pairs), kept symbolic: a traced 0-dim tensor under ``torch.jit.trace``, a SymInt
-    under ``torch.export`` (so the exported graph is right for every image size), a plain int in eager mode."""
+    """min(topk_candidates, num_pairs), kept symbolic: a traced 0-dim tensor under
+    ``torch.jit.trace``, a SymInt under ``torch.export`` (so the exported graph is right for every
+    image size), a plain int in eager mode."""
     if isinstance(num_pairs, Tensor):
         return num_pairs.clamp(max=topk_candidates)
     return torch.sym_min(num_pairs, topk_candidates)
@@ -37,14 +50,16 @@ def top_candidates(
     box2box_transform: Box2BoxTransform,
     topk_candidates: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per level and image, the ``topk_candidates`` best (anchor, class) pairs, decoded; levels concatenated.
+    """Per level and image, the ``topk_candidates`` best (anchor, class) pairs, decoded; levels
+    concatenated.
 
     Args:
         anchors: per level, Boxes of [R_i, 4] (XYXY pixels).
         logits, deltas: per level, [N, R_i, K] class logits and [N, R_i, 4] box deltas.
     Returns:
-        boxes [N, C, 4] (XYXY pixels), scores [N, C] (sigmoid probabilities), classes [N, C] (int64), where
-        C = sum_i min(topk_candidates, R_i * K); level by level, each level's pairs best first.
+        boxes [N, C, 4] (XYXY pixels), scores [N, C] (sigmoid probabilities), classes [N, C]
+        (int64), where C = sum_i min(topk_candidates, R_i * K); level by level, each level's pairs
+        best first.
     """
     boxes, scores, classes = [], [], []
     for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
@@ -54,7 +69,9 @@ def top_candidates(
         top_scores, top_idx = scores_l.topk(k, dim=1)  # sorted, best first
         anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
         top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-        decoded = box2box_transform.apply_deltas(top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)])
+        decoded = box2box_transform.apply_deltas(
+            top_deltas.reshape(-1, 4), anchors_l.tensor[anchor_idx.reshape(-1)]
+        )
         boxes.append(decoded.view(num_images, -1, 4))
         scores.append(top_scores)
         classes.append(top_idx % num_classes)
@@ -66,53 +83,81 @@ def select_detections(
     logits: List[Tensor],
     deltas: List[Tensor],
     image_sizes: List[Tuple[int, int]],
-    *,
     box2box_transform: Box2BoxTransform,
-    score_thresh: float,
-    topk_candidates: int,
-    nms_thresh: float,
-    max_detections_per_image: int,
+    settings: DetectionSettings,
 ) -> List[Instances]:
-    """Per image and level, the top-k (anchor, class) pairs above the score threshold; then per image,
-    class-aware NMS over all levels and the best ``max_detections_per_image``.
+    """Per image and level, the top-k (anchor, class) pairs above the score threshold; then per
+    image, class-aware NMS over all levels and the best ``settings.max_detections_per_image``.
 
     Args:
         anchors: per level, Boxes of [R_i, 4] (XYXY pixels).
         logits, deltas: per level, [N, R_i, K] class logits and [N, R_i, 4] box deltas.
         image_sizes: N (height, width) of the padded-batch images, for the returned ``Instances``.
     Returns:
-        N ``Instances`` with ``pred_boxes`` (XYXY pixels), ``scores`` (sigmoid probabilities), ``pred_classes``.
+        N ``Instances`` with ``pred_boxes`` (XYXY pixels), ``scores`` (sigmoid probabilities),
+        ``pred_classes``.
     """
-    results = []
+    results: List[Instances] = []
     for i, image_size in enumerate(image_sizes):
-        boxes_i, scores_i, classes_i = [], [], []
-        for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
-            scores_l = logits_l[i].detach().flatten().sigmoid()  # [R_i * K]
-            # Threshold first, then top-k of what passed: a top-k over all R_i * K pairs costs far more on a CPU.
-            candidates = (scores_l > score_thresh).nonzero().squeeze(1)
-            top_scores, order = scores_l[candidates].topk(min(topk_candidates, candidates.numel()))
-            pair_idx = candidates[order]
-            anchor_idx = torch.div(pair_idx, logits_l.shape[-1], rounding_mode="floor")
-            boxes_i.append(box2box_transform.apply_deltas(deltas_l[i, anchor_idx].detach(), anchors_l.tensor[anchor_idx]))
-            scores_i.append(top_scores)
-            classes_i.append(pair_idx % logits_l.shape[-1])
-        boxes_i, scores_i, classes_i = torch.cat(boxes_i), torch.cat(scores_i), torch.cat(classes_i)
-        keep = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections_per_image]
-        results.append(
-            Instances(image_size, pred_boxes=Boxes(boxes_i[keep]), scores=scores_i[keep], pred_classes=classes_i[keep])
+        boxes, scores, classes = _image_candidates(
+            i, anchors, logits, deltas, box2box_transform, settings
         )
+        keep = batched_nms(boxes, scores, classes, settings.nms_thresh)
+        keep = keep[: settings.max_detections_per_image]
+        # fields set one by one: the form TorchScript's Instances takes
+        instances = Instances(image_size)
+        instances.pred_boxes = Boxes(boxes[keep])
+        instances.scores = scores[keep]
+        instances.pred_classes = classes[keep]
+        results.append(instances)
     return results
+
+
+def _image_candidates(
+    image: int,
+    anchors: List[Boxes],
+    logits: List[Tensor],
+    deltas: List[Tensor],
+    box2box_transform: Box2BoxTransform,
+    settings: DetectionSettings,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Image ``image``'s candidates over all levels: decoded boxes [C, 4], scores [C], classes [C];
+    per level the best ``settings.topk_candidates`` (anchor, class) pairs above the score
+    threshold."""
+    boxes: List[Tensor] = []
+    scores: List[Tensor] = []
+    classes: List[Tensor] = []
+    for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
+        num_classes = logits_l.shape[-1]
+        scores_l = logits_l[image].detach().flatten().sigmoid()  # [R_i * K]
+        # Threshold first, then top-k of what passed: a top-k over all R_i * K pairs costs far more
+        # on a CPU.
+        candidates = (scores_l > settings.score_thresh).nonzero().squeeze(1)
+        num_kept = min(settings.topk_candidates, candidates.numel())
+        top_scores, order = scores_l[candidates].topk(num_kept)
+        pair_idx = candidates[order]
+        anchor_idx = torch.div(pair_idx, num_classes, rounding_mode="floor")
+        boxes.append(
+            box2box_transform.apply_deltas(
+                deltas_l[image, anchor_idx].detach(), anchors_l.tensor[anchor_idx]
+            )
+        )
+        scores.append(top_scores)
+        classes.append(pair_idx % num_classes)
+    return torch.cat(boxes), torch.cat(scores), torch.cat(classes)
 
 
 def nms_per_image_and_class(
     boxes: Tensor, scores: Tensor, image_idx: Tensor, classes: Tensor, nms_thresh: float
 ) -> Tensor:
-    """Greedy NMS that never lets a box suppress one of another image or class, in a single ``nms`` call.
+    """Greedy NMS that never lets a box suppress one of another image or class, in a single ``nms``
+    call.
 
-    Each (image, class) group is moved to its own tile of the plane (images along x, classes along y), so that
-    boxes of different groups never overlap. IoUs are computed on the moved coordinates: equal to the unmoved
-    ones up to float32 rounding at the tiles' magnitude (max(N, K) times the boxes' extent), the same kind of
-    rounding as torchvision's ``batched_nms`` coordinate trick, which offsets by class along both axes.
+    Each (image, class) group is moved to its own tile of the plane (images along x, classes along
+    y), so that boxes of different groups never overlap. IoUs are computed on the moved coordinates:
+    equal to the unmoved ones up to float32 rounding at the tiles' magnitude (max(N, K) times the
+    boxes' extent), the same kind of rounding as torchvision's ``batched_nms`` coordinate trick,
+    which offsets by class along both axes.
 
     Args:
         boxes: [M, 4] XYXY; scores, image_idx, classes: [M].
@@ -131,45 +176,49 @@ def select_detections_padded(
     anchors: List[Boxes],
     logits: List[Tensor],
     deltas: List[Tensor],
-    *,
     box2box_transform: Box2BoxTransform,
-    score_thresh: float,
-    topk_candidates: int,
-    nms_thresh: float,
-    max_detections_per_image: int,
+    settings: DetectionSettings,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`select_detections` for all images at once, in fixed-size tensors (for export).
 
-    The candidates are those of :func:`select_detections`; class-aware NMS runs per image and class through
-    :func:`nms_per_image_and_class`, so the two agree except where an IoU lies within float32 rounding of
-    ``nms_thresh`` (none in the tests). Detections are compacted to the front of each row, best first.
+    The candidates are those of :func:`select_detections`; class-aware NMS runs per image and class
+    through :func:`nms_per_image_and_class`, so the two agree except where an IoU lies within
+    float32 rounding of ``settings.nms_thresh`` (none in the tests). Detections are compacted to the
+    front of each row, best first.
 
     Returns:
-        boxes [N, D, 4] (XYXY pixels), scores [N, D], classes [N, D] (int64), num_detections [N] (int64), with
-        D = ``max_detections_per_image``; row i holds num_detections[i] detections, then padding (boxes 0,
-        score 0, class -1).
+        boxes [N, D, 4] (XYXY pixels), scores [N, D], classes [N, D] (int64), num_detections [N]
+        (int64), with D = ``settings.max_detections_per_image``; row i holds num_detections[i]
+        detections, then padding (boxes 0, score 0, class -1).
     """
     boxes, scores, classes = top_candidates(
-        anchors, logits, deltas, box2box_transform=box2box_transform, topk_candidates=topk_candidates
+        anchors,
+        logits,
+        deltas,
+        box2box_transform=box2box_transform,
+        topk_candidates=settings.topk_candidates,
     )
     num_images = scores.shape[0]
     image_idx = torch.arange(num_images, device=scores.device).unsqueeze(1).expand_as(scores)
     # Only pairs above the threshold reach NMS (its cost grows with the square of their number).
-    above = (scores > score_thresh).flatten().nonzero().squeeze(1)
+    above = (scores > settings.score_thresh).flatten().nonzero().squeeze(1)
     boxes = boxes.reshape(-1, 4)[above]
     scores = scores.flatten()[above]
     classes = classes.flatten()[above]
     image_idx = image_idx.flatten()[above]
-    # Two dummy rows, of an image N of their own (so they never suppress, nor are suppressed by, a real box), keep
-    # every tensor non-empty and NMS's output at >= 2 boxes, which torchvision's fake nms (what torch.export
-    # traces) asserts at run time even where no pair passes the threshold. They sort last and fill the padding.
+    # Two dummy rows, of an image N of their own (so they never suppress, nor are suppressed by, a
+    # real box), keep every tensor non-empty and NMS's output at >= 2 boxes, which torchvision's
+    # fake nms (what torch.export traces) asserts at run time even where no pair passes the
+    # threshold. They sort last and fill the padding.
     boxes = torch.cat([boxes, boxes.new_zeros(2, 4)])
     scores = torch.cat([scores, scores.new_full((2,), -1.0)])
     classes = torch.cat([classes, torch.arange(2, dtype=classes.dtype, device=classes.device)])
     image_idx = torch.cat([image_idx, image_idx.new_full((2,), num_images)])
-    kept = nms_per_image_and_class(boxes, scores, image_idx, classes, nms_thresh)  # by decreasing score
+    # by decreasing score
+    kept = nms_per_image_and_class(boxes, scores, image_idx, classes, settings.nms_thresh)
 
-    # Group the kept boxes by image, keeping the score order inside each image: sort by a unique key.
+    # Group the kept boxes by image, keeping the score order inside each image: sort by a unique
+    # key.
     kept_image = image_idx[kept]
     position = torch.arange(kept.shape[0], device=kept.device)
     order = torch.sort(kept_image * (kept.shape[0] + 1) + position).indices
@@ -178,8 +227,9 @@ def select_detections_padded(
     kept_per_image = torch.zeros(num_images + 1, dtype=torch.int64, device=kept.device)
     kept_per_image = kept_per_image.scatter_add(0, kept_image, torch.ones_like(kept_image))
     starts = kept_per_image.cumsum(0) - kept_per_image
-    num_detections = kept_per_image[:num_images].clamp(max=max_detections_per_image)
-    slot = torch.arange(max_detections_per_image, device=kept.device).unsqueeze(0)  # [1, D]
+    num_detections = kept_per_image[:num_images].clamp(max=settings.max_detections_per_image)
+    # [1, D]
+    slot = torch.arange(settings.max_detections_per_image, device=kept.device).unsqueeze(0)
     filled = slot < num_detections.unsqueeze(1)  # [N, D]
     dummy = kept_per_image.sum() - 1  # the last dummy row, last in the grouped order
     source = torch.where(filled, starts[:num_images].unsqueeze(1) + slot, dummy)

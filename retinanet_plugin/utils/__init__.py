@@ -1,4 +1,5 @@
 """Small utilities shared by the plugin's modules."""
-from .atomic_write import atomic_write
 
-__all__ = ["atomic_write"]
+from .atomic_write import TEMPORARY_PREFIX, atomic_write
+
+__all__ = ["TEMPORARY_PREFIX", "atomic_write"]

@@ -1,4 +1,6 @@
-"""Logging of per-step device scalars to Detectron2's ``EventStorage`` without waiting for the GPU."""
+"""Logging of per-step device scalars to Detectron2's ``EventStorage`` without waiting for the
+GPU."""
+
 from typing import List, Tuple
 
 import torch
@@ -10,10 +12,10 @@ MAX_PENDING = 16  # values still being copied; beyond this the oldest one is wai
 
 
 class DeviceScalarLogger:
-    """``put(name, value)`` with a 0-dim tensor: on the CPU it is written at once; on a GPU it is copied to the
-    host asynchronously and written (with the iteration it belongs to) by a later ``put`` once the copy is done,
-    so the training step never synchronises the host for a metric. The last step's GPU values may stay
-    unwritten."""
+    """``put(name, value)`` with a 0-dim tensor: on the CPU it is written at once; on a GPU it is
+    copied to the host asynchronously and written (with the iteration it belongs to) by a later
+    ``put`` once the copy is done, so the training step never synchronises the host for a metric.
+    The last step's GPU values may stay unwritten."""
 
     def __init__(self):
         self._pending: List[Tuple[int, str, Tensor, "torch.cuda.Event"]] = []
@@ -25,7 +27,8 @@ class DeviceScalarLogger:
         if value.device.type != "cuda":
             storage.put_scalar(name, float(value))
             return
-        host = value.to("cpu", non_blocking=True)  # pinned destination: the copy is queued, not waited for
+        # pinned destination: the copy is queued, not waited for
+        host = value.to("cpu", non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
         self._pending.append((storage.iter, name, host, copied))

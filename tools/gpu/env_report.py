@@ -1,11 +1,14 @@
-"""Step 1 of the GPU session: what machine is this? GPU, driver, torch and CUDA versions, the CUDA tools.
+"""Step 1 of the GPU session: what machine is this? GPU, driver, torch and CUDA versions, the CUDA
+tools.
 
-Prints a JSON report (also written to ``--json``): Python and torch versions, torch's CUDA, the visible GPU (name,
-compute capability, multiprocessors, memory, memory clock and bus width where torch reports them), ``nvidia-smi``'s
-view (name, driver, memory, compute capability, maximum clocks), ``nvcc``'s release and the toolkit folder it
-belongs to, whether ``compute-sanitizer``, ``cuobjdump`` and ninja are there, and the ``TORCH_CUDA_ARCH_LIST`` value
-for this GPU only (``arch_list``). Never fails for a missing GPU or tool: it says so.
+Prints a JSON report (also written to ``--json``): Python and torch versions, torch's CUDA, the
+visible GPU (name, compute capability, multiprocessors, memory, memory clock and bus width where
+torch reports them), ``nvidia-smi``'s view (name, driver, memory, compute capability, maximum
+clocks), ``nvcc``'s release and the toolkit folder it belongs to, whether ``compute-sanitizer``,
+``cuobjdump`` and ninja are there, and the ``TORCH_CUDA_ARCH_LIST`` value for this GPU only
+(``arch_list``). Never fails for a missing GPU or tool: it says so.
 """
+
 import argparse
 import glob
 import json
@@ -27,16 +30,23 @@ def command_output(command, timeout=30):
 
 
 def find_tool(name, cuda_home=None):
-    """``name`` on PATH, else in ``cuda_home``/bin, the usual toolkit folders, or (cuobjdump) Triton's bundled copy."""
+    """``name`` on PATH, else in ``cuda_home``/bin, the usual toolkit folders, or (cuobjdump)
+    Triton's bundled copy."""
     path = shutil.which(name)
     if path:
         return path
-    folders = ([cuda_home] if cuda_home else []) + ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    folders = (
+        ([cuda_home] if cuda_home else [])
+        + ["/usr/local/cuda"]
+        + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    )
     candidates = [os.path.join(folder, "bin", name) for folder in folders]
     try:
         import triton
 
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name))
+        candidates.append(
+            os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        )
     except Exception:  # noqa: BLE001  (no Triton: one place fewer to look)
         pass
     for candidate in candidates:
@@ -46,14 +56,17 @@ def find_tool(name, cuda_home=None):
 
 
 def _has_cudart(home):
-    return any(glob.glob(os.path.join(home, lib, "libcudart.so*"))
-               for lib in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")))
+    return any(
+        glob.glob(os.path.join(home, lib, "libcudart.so*"))
+        for lib in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"))
+    )
 
 
 def cuda_home_for(nvcc):
-    """The CUDA toolkit folder: $CUDA_HOME, the folder above the real ``nvcc``'s bin/, /usr/local/cuda or the newest
-    /usr/local/cuda-*, whichever first holds both bin/nvcc and the CUDA runtime library (``nvcc`` on PATH can be a
-    wrapper script elsewhere). None when there is none: setup.py then looks for itself."""
+    """The CUDA toolkit folder: $CUDA_HOME, the folder above the real ``nvcc``'s bin/,
+    /usr/local/cuda or the newest /usr/local/cuda-*, whichever first holds both bin/nvcc and the
+    CUDA runtime library (``nvcc`` on PATH can be a wrapper script elsewhere). None when there is
+    none: setup.py then looks for itself."""
     candidates = [os.environ.get("CUDA_HOME")]
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
@@ -64,17 +77,9 @@ def cuda_home_for(nvcc):
     return None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", help="write the report here")
-    args = parser.parse_args()
-    report = {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
+def torch_report() -> dict:
+    """torch, its CUDA, the first GPU's properties (a broken torch is reported, not raised)."""
+    report = {}
     try:
         import torch
 
@@ -99,19 +104,28 @@ def main():
         report["ninja"] = cpp_extension.is_ninja_available()
     except Exception as e:  # noqa: BLE001  (a broken torch is the finding)
         report["torch_error"] = f"{type(e).__name__}: {e}"
+    return report
 
+
+def smi_report(report: dict) -> None:
+    """nvidia-smi's view of the GPU (and the compute capability, when torch gave none)."""
     smi = shutil.which("nvidia-smi")
     report["nvidia_smi"] = smi
-    if smi:
-        fields = "name,driver_version,memory.total,compute_cap,clocks.max.sm,clocks.max.memory"
-        text, code = command_output([smi, f"--query-gpu={fields}", "--format=csv,noheader"])
-        report["nvidia_smi_query"] = text
-        if code == 0 and text:
-            values = [v.strip() for v in text.splitlines()[0].split(",")]
-            report["smi"] = dict(zip(fields.split(","), values))
-            if "arch_list" not in report and re.fullmatch(r"\d+\.\d+", report["smi"].get("compute_cap", "")):
-                report["arch_list"] = report["smi"]["compute_cap"]
+    if not smi:
+        return
+    fields = "name,driver_version,memory.total,compute_cap,clocks.max.sm,clocks.max.memory"
+    text, code = command_output([smi, f"--query-gpu={fields}", "--format=csv,noheader"])
+    report["nvidia_smi_query"] = text
+    if code == 0 and text:
+        values = [v.strip() for v in text.splitlines()[0].split(",")]
+        report["smi"] = dict(zip(fields.split(","), values))
+        compute_cap = report["smi"].get("compute_cap", "")
+        if "arch_list" not in report and re.fullmatch(r"\d+\.\d+", compute_cap):
+            report["arch_list"] = compute_cap
 
+
+def toolkit_report(report: dict) -> None:
+    """nvcc, the toolkit folder, compute-sanitizer and cuobjdump, with their versions."""
     nvcc = shutil.which("nvcc") or find_tool("nvcc", cuda_home_for(None))
     report["nvcc"] = nvcc
     if nvcc:
@@ -125,6 +139,22 @@ def main():
         if path:
             text, _ = command_output([path, "--version"])
             report[tool.replace("-", "_") + "_version"] = text.splitlines()[-1] if text else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args()
+    report = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    report.update(torch_report())
+    smi_report(report)
+    toolkit_report(report)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

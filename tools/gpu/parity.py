@@ -1,32 +1,36 @@
 """Parity of the plugin with Detectron2's RetinaNet on one device (step 7 of the GPU session).
 
-The comparison of ``tests/test_parity.py``, run on ``--device`` (its helpers are imported from there, so the two
-cannot drift apart): Detectron2's ``RetinaNet`` from its own R50 config with sane random weights, the plugin's
-model with the same weights copied through the checkpoint converter (``strict=True``), both moved to the device.
-Compared within 1e-4: the detections of a two-image batch (boxes and scores, after sorting by class and score;
-counts and classes must be equal), and over two training steps the losses, the loss normaliser and the gradients of
-ten parameters spread over the network (step 0 with an SGD update, step 1 on the updated weights).
+The comparison of ``tests/test_parity.py``, run on ``--device`` (its helpers are imported from
+there, so the two cannot drift apart; with them the random-weight calibration of
+``benchmarks/harness/calibration.py``): Detectron2's ``RetinaNet`` from its own R50 config with sane
+random weights, the plugin's model with the same weights copied through the checkpoint converter
+(``strict=True``), both moved to the device. Compared within 1e-4: the detections of a two-image
+batch (boxes and scores, after sorting by class and score; counts and classes must be equal), and
+over two training steps the losses, the loss normaliser and the gradients of ten parameters spread
+over the network (step 0 with an SGD update, step 1 on the updated weights).
 
-On CUDA, TF32 is switched off and cuDNN made deterministic, so that both models run the same arithmetic.
+On CUDA, TF32 is switched off and cuDNN made deterministic, so that both models run the same
+arithmetic.
 
     python tools/gpu/parity.py --device cuda [--depths R50] [--impls op,reference] [--json PATH]
 
 Exit status 1 when a comparison fails.
 """
+
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import traceback
 
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))  # test_parity and its helper sane_random_weights
+import repo_modules  # beside this file
 
-import test_parity as tp  # noqa: E402
+# tests/ is not a package: the test module and its helper (which registers the benchmark harness)
+# are loaded by their location
+tp = repo_modules.test_module("test_parity", helpers=("sane_random_weights",))
 
 
 def detections(depth, impl, device):
@@ -41,9 +45,38 @@ def detections(depth, impl, device):
     meaningful = min(per_image) >= 50 and min(classes) >= 5
     diff = tp.detection_differences(expected, actual)
     ok = meaningful and diff["boxes"] <= tp.TOLERANCE and diff["scores"] <= tp.TOLERANCE
-    return {"ok": ok, "detections_per_image": per_image, "classes_per_image": classes,
-            "max_box_diff_px": diff["boxes"], "max_score_diff": diff["scores"], "compared": diff["count"],
-            **({} if meaningful else {"error": "too few detections or classes for a meaningful comparison"})}
+    return {
+        "ok": ok,
+        "detections_per_image": per_image,
+        "classes_per_image": classes,
+        "max_box_diff_px": diff["boxes"],
+        "max_score_diff": diff["scores"],
+        "compared": diff["count"],
+        **(
+            {}
+            if meaningful
+            else {"error": "too few detections or classes for a meaningful comparison"}
+        ),
+    }
+
+
+def compare_gradients(grads_ref, grads_plugin, entry) -> bool:
+    """Whether both models have the same gradients within the tolerance (figures into ``entry``)."""
+    if set(grads_ref) != set(grads_plugin) or not grads_ref:
+        entry["max_grad_diff"] = math.inf
+        return False
+    entry["max_grad_diff"] = max(
+        float((grads_ref[k] - grads_plugin[k]).abs().max()) for k in grads_ref
+    )
+    entry["max_grad"] = max(float(grads_ref[k].abs().max()) for k in grads_ref)
+    ok = True
+    for name in grads_ref:
+        if not torch.allclose(
+            grads_plugin[name], grads_ref[name], atol=tp.TOLERANCE, rtol=tp.TOLERANCE
+        ):
+            entry.setdefault("grads_outside_tolerance", []).append(name)
+            ok = False
+    return ok
 
 
 def training(depth, impl, device):
@@ -51,7 +84,10 @@ def training(depth, impl, device):
     plugin = tp.plugin_model_like(reference, tp.plugin_cfg(depth, impl))
     reference.to(device)
     plugin.to(device)
-    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3) for m in (reference, plugin)]
+    optimizers = [
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+        for m in (reference, plugin)
+    ]
     result = {"steps": []}
     ok = True
     for step, with_update in ((0, True), (1, False)):
@@ -59,21 +95,18 @@ def training(depth, impl, device):
         losses_ref, norm_ref, grads_ref = tp.training_step(reference, step, opt_ref)
         losses_plugin, norm_plugin, grads_plugin = tp.training_step(plugin, step, opt_plugin)
         loss_diff = tp.max_abs_diff(losses_ref, losses_plugin)
-        entry = {"step": step, "losses_detectron2": losses_ref, "losses_plugin": losses_plugin,
-                 "max_loss_diff": loss_diff, "normalizer_detectron2": norm_ref, "normalizer_plugin": norm_plugin}
+        entry = {
+            "step": step,
+            "losses_detectron2": losses_ref,
+            "losses_plugin": losses_plugin,
+            "max_loss_diff": loss_diff,
+            "normalizer_detectron2": norm_ref,
+            "normalizer_plugin": norm_plugin,
+        }
         ok &= loss_diff <= tp.TOLERANCE and abs(norm_ref - norm_plugin) <= tp.TOLERANCE * norm_ref
         ok &= losses_ref["loss_cls"] > 0 and losses_ref["loss_box_reg"] > 0
         if with_update:
-            if set(grads_ref) != set(grads_plugin) or not grads_ref:
-                entry["max_grad_diff"] = math.inf
-                ok = False
-            else:
-                entry["max_grad_diff"] = max(float((grads_ref[k] - grads_plugin[k]).abs().max()) for k in grads_ref)
-                entry["max_grad"] = max(float(grads_ref[k].abs().max()) for k in grads_ref)
-                for name in grads_ref:
-                    if not torch.allclose(grads_plugin[name], grads_ref[name], atol=tp.TOLERANCE, rtol=tp.TOLERANCE):
-                        entry.setdefault("grads_outside_tolerance", []).append(name)
-                        ok = False
+            ok &= compare_gradients(grads_ref, grads_plugin, entry)
         result["steps"].append(entry)
     result["ok"] = bool(ok)
     return result
@@ -82,8 +115,12 @@ def training(depth, impl, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--depths", default="R50", help=f"comma-separated, of {','.join(tp.DEPTHS)}")
-    parser.add_argument("--impls", default="op,reference", help="MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL values")
+    parser.add_argument(
+        "--depths", default="R50", help=f"comma-separated, of {','.join(tp.DEPTHS)}"
+    )
+    parser.add_argument(
+        "--impls", default="op,reference", help="MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL values"
+    )
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args()
     if args.device == "cuda":
@@ -111,7 +148,8 @@ def main():
                     traceback.print_exc()
                     entry[part] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
                 if not entry[part]["ok"]:
-                    report["failures"].append(f"{key} {part}: {entry[part].get('error', 'outside tolerance')}")
+                    error = entry[part].get("error", "outside tolerance")
+                    report["failures"].append(f"{key} {part}: {error}")
                 print(f"{key} {part}: {json.dumps(entry[part], default=str)}", flush=True)
             report["results"][key] = entry
     report["seconds"] = time.perf_counter() - start

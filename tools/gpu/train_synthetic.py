@@ -1,18 +1,21 @@
 """Short training runs of the plugin on the synthetic shapes dataset (step 7 of the GPU session).
 
-1. ``--iters`` iterations (default 50) of ``configs/synthetic/retinanet_R18_synthetic.yaml`` with a ResNet of
-   ``--depth`` (default 50) through the plugin's trainer (``RetinaNetPluginTrainer``: Detectron2's ``DefaultTrainer``
-   with its hooks, data loader and writers), then the trainer's COCO evaluation on the held-out images;
-2. ``--amp-iters`` iterations (default 10) of the same with ``SOLVER.AMP.ENABLED`` (fp16 + gradient scaler on
-   CUDA, bf16 on the CPU), from fresh weights.
+1. ``--iters`` iterations (default 50) of ``configs/synthetic/retinanet_R18_synthetic.yaml`` with a
+   ResNet of ``--depth`` (default 50) through the plugin's trainer (``RetinaNetPluginTrainer``:
+   Detectron2's ``DefaultTrainer`` with its hooks, data loader and writers), then the trainer's COCO
+   evaluation on the held-out images;
+2. ``--amp-iters`` iterations (default 10) of the same with ``SOLVER.AMP.ENABLED`` (fp16 + gradient
+   scaler on CUDA, bf16 on the CPU), from fresh weights.
 
-A small copy of the dataset (``--num-train`` / ``--num-val`` images) is generated under ``--work``. Every logged
-loss must be finite (the plugin's trainer also stops on a non-finite loss); the report gives the first and last
-losses, the median seconds per iteration, the peak CUDA memory and the AP.
+A small copy of the dataset (``--num-train`` / ``--num-val`` images) is generated under ``--work``.
+Every logged loss must be finite (the plugin's trainer also stops on a non-finite loss); the report
+gives the first and last losses, the median seconds per iteration, the peak CUDA memory and the AP.
 
     python tools/gpu/train_synthetic.py --device cuda --work DIR [--json PATH]
-    python tools/gpu/train_synthetic.py --device cpu --depth 18 --iters 3 --amp-iters 2 --num-train 8 --num-val 2 ...
+    python tools/gpu/train_synthetic.py --device cpu --depth 18 --iters 3 --amp-iters 2 \
+        --num-train 8 --num-val 2 ...
 """
+
 import argparse
 import json
 import math
@@ -34,21 +37,36 @@ def build_cfg(args, output_dir, iters, amp, evaluate):
     from retinanet_plugin.engine import config_from_file
 
     opts = [
-        "MODEL.DEVICE", args.device,
-        "MODEL.RESNETS.DEPTH", args.depth,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 64 if args.depth in (18, 34) else 256,
-        "SOLVER.MAX_ITER", iters,
-        "SOLVER.WARMUP_ITERS", min(10, iters),
-        "SOLVER.STEPS", (),
-        "SOLVER.CHECKPOINT_PERIOD", 10**7,
-        "SOLVER.AMP.ENABLED", amp,
-        "DATALOADER.NUM_WORKERS", args.workers,
-        "DATASETS.TRAIN", (SYNTHETIC_SHAPES_TRAIN,),
-        "DATASETS.TEST", (SYNTHETIC_SHAPES_VAL,) if evaluate else (),
-        "TEST.EVAL_PERIOD", 0,
-        "OUTPUT_DIR", output_dir,
+        "MODEL.DEVICE",
+        args.device,
+        "MODEL.RESNETS.DEPTH",
+        args.depth,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        64 if args.depth in (18, 34) else 256,
+        "SOLVER.MAX_ITER",
+        iters,
+        "SOLVER.WARMUP_ITERS",
+        min(10, iters),
+        "SOLVER.STEPS",
+        (),
+        "SOLVER.CHECKPOINT_PERIOD",
+        10**7,
+        "SOLVER.AMP.ENABLED",
+        amp,
+        "DATALOADER.NUM_WORKERS",
+        args.workers,
+        "DATASETS.TRAIN",
+        (SYNTHETIC_SHAPES_TRAIN,),
+        "DATASETS.TEST",
+        (SYNTHETIC_SHAPES_VAL,) if evaluate else (),
+        "TEST.EVAL_PERIOD",
+        0,
+        "OUTPUT_DIR",
+        output_dir,
     ]
-    cfg, warnings = config_from_file(CONFIG, [str(o) if not isinstance(o, tuple) else o for o in opts])
+    cfg, warnings = config_from_file(
+        CONFIG, [str(o) if not isinstance(o, tuple) else o for o in opts]
+    )
     for warning in warnings:
         print("config:", warning)
     cfg.freeze()
@@ -69,8 +87,13 @@ def run(args, name, iters, amp, evaluate):
     results = getattr(trainer, "_last_eval_results", None)  # set by the trainer's evaluation hook
     seconds = time.perf_counter() - start
     storage = trainer.storage
-    entry = {"iterations": iters, "amp": amp, "depth": args.depth, "seconds": seconds,
-             "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH}
+    entry = {
+        "iterations": iters,
+        "amp": amp,
+        "depth": args.depth,
+        "seconds": seconds,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+    }
     finite = True
     for key in LOSSES + ("total_loss",):
         values = [v for v, _ in storage.history(key).values()] if key in storage.histories() else []
@@ -78,7 +101,13 @@ def run(args, name, iters, amp, evaluate):
             entry.setdefault("missing", []).append(key)
             finite = False
             continue
-        entry[key] = {"first": values[0], "last": values[-1], "min": min(values), "max": max(values), "logged": len(values)}
+        entry[key] = {
+            "first": values[0],
+            "last": values[-1],
+            "min": min(values),
+            "max": max(values),
+            "logged": len(values),
+        }
         finite &= all(math.isfinite(v) for v in values)
     if "time" in storage.histories():
         times = [v for v, _ in storage.history("time").values()]
@@ -115,8 +144,12 @@ def main():
     parser.add_argument("--num-train", type=int, default=100)
     parser.add_argument("--num-val", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="DATALOADER.NUM_WORKERS")
-    parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after the fp32 run")
-    parser.add_argument("--work", required=True, help="folder for the dataset and the trainer's output")
+    parser.add_argument(
+        "--no-eval", action="store_true", help="skip the COCO evaluation after the fp32 run"
+    )
+    parser.add_argument(
+        "--work", required=True, help="folder for the dataset and the trainer's output"
+    )
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -130,7 +163,9 @@ def main():
     setup_logger(name="detectron2")
     setup_logger(name="retinanet_plugin")
     os.makedirs(args.work, exist_ok=True)
-    register_synthetic_shapes(os.path.join(args.work, DATASET_DIRNAME), num_train=args.num_train, num_val=args.num_val)
+    register_synthetic_shapes(
+        os.path.join(args.work, DATASET_DIRNAME), num_train=args.num_train, num_val=args.num_val
+    )
     report = {"device": args.device, "runs": {}, "failures": []}
     if args.device == "cuda":
         report["device_name"] = torch.cuda.get_device_name()
@@ -145,7 +180,9 @@ def main():
             entry = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         report["runs"][name] = entry
         if not entry["ok"]:
-            report["failures"].append(f"{name}: {entry.get('error', 'non-finite or missing losses')}")
+            report["failures"].append(
+                f"{name}: {entry.get('error', 'non-finite or missing losses')}"
+            )
         print(f"train {name}: {json.dumps(entry, default=str)}", flush=True)
     report["ok"] = not report["failures"]
     if args.json:

@@ -1,6 +1,6 @@
 // The CPU driver of the focal losses: output allocation, the deterministic final sum, and the choice of the kernel
 // variant (AVX-512, AVX2 or generic) from the capability ATen reports for this CPU.
-#include "focal_loss.h"
+#include "loss_driver.h"
 #include "focal_loss_cpu_kernels.h"
 #include "loss_elements.h"
 

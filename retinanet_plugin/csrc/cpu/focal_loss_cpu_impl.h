@@ -1,6 +1,7 @@
 // The vectorised CPU kernels of the focal losses. Not a normal header: focal_loss_cpu_{default,avx2,avx512}.cpp each
-// include it once, after defining CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and switching the instruction set on, so
-// every function here is compiled once per instruction set into its own namespace (as ATen does for its kernels).
+// include it once (the x86 variants through focal_loss_cpu_isa.h), after defining CPU_CAPABILITY (DEFAULT, AVX2,
+// AVX512) and switching the instruction set on, so every function here is compiled once per instruction set into its
+// own namespace (as ATen does for its kernels).
 //
 // Work split: rows are cut into fixed blocks of rows_per_block(K) rows; at::parallel_for hands blocks to
 // threads. In a block each row is read once: its label first (one read, checked), its quality target for the
@@ -263,25 +264,22 @@ void with_element(const LossSpec& spec, Fn&& fn) {
   const FocalLossParams& f = spec.focal;
   switch (spec.kind) {
     case LossKind::SigmoidFocal:
-      if (f.gamma_is_two) {
-        fn(SigmoidFocalElement<M, true>(f.gamma, f.weight_positive, f.weight_negative), LabelTargets<acc_t>{});
-      } else {
-        fn(SigmoidFocalElement<M, false>(f.gamma, f.weight_positive, f.weight_negative), LabelTargets<acc_t>{});
-      }
+      with_flag(f.gamma_is_two, [&](auto gamma_is_two) {
+        using E = SigmoidFocalElement<M, decltype(gamma_is_two)::value>;
+        fn(E(f.gamma, f.weight_positive, f.weight_negative), LabelTargets<acc_t>{});
+      });
       break;
     case LossKind::QualityFocal:
-      if (spec.beta == 2.0) {
-        fn(QualityFocalElement<M, true>(spec.beta), LabelTargets<acc_t>{});
-      } else {
-        fn(QualityFocalElement<M, false>(spec.beta), LabelTargets<acc_t>{});
-      }
+      with_flag(spec.beta == 2.0, [&](auto beta_is_two) {
+        using E = QualityFocalElement<M, decltype(beta_is_two)::value>;
+        fn(E(spec.beta), LabelTargets<acc_t>{});
+      });
       break;
     case LossKind::DenseFocal:
-      if (f.gamma_is_two) {
-        fn(DenseFocalElement<M, true>(f.gamma, f.weight_positive, f.weight_negative), DenseTargets<acc_t>{});
-      } else {
-        fn(DenseFocalElement<M, false>(f.gamma, f.weight_positive, f.weight_negative), DenseTargets<acc_t>{});
-      }
+      with_flag(f.gamma_is_two, [&](auto gamma_is_two) {
+        using E = DenseFocalElement<M, decltype(gamma_is_two)::value>;
+        fn(E(f.gamma, f.weight_positive, f.weight_negative), DenseTargets<acc_t>{});
+      });
       break;
   }
 }

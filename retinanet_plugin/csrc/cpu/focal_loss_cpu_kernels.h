@@ -3,7 +3,7 @@
 // (focal_loss_cpu.cpp).
 #pragma once
 
-#include "focal_loss.h"
+#include "loss_driver.h"
 
 #include <ATen/core/Tensor.h>
 

@@ -1,7 +1,7 @@
 // The CUDA driver of the focal losses, ATen side: allocation on the caching allocator, the normaliser kept on the
 // device (no host synchronisation anywhere, so the ops can be captured in a CUDA graph), kernel launches. In a build
 // without CUDA the driver raises an error that says how to rebuild.
-#include "focal_loss.h"
+#include "loss_driver.h"
 
 #include <c10/util/Exception.h>
 

@@ -245,10 +245,13 @@ __device__ __forceinline__ acc_t inverse_denominator(const KernelArgs<scalar_t, 
   return acc_t(1) / (a.divisor * (a.normalizer != nullptr ? *a.normalizer : acc_t(1)));
 }
 
-// Calls fn(row, unit, x, targets) for every unit of every non-ignored row of this thread, kUnroll units loaded at a
-// time, and on_row(row, r) once per row (ignored rows included) before its units; fn sees the row policy `r`.
-template <class Row, int V, typename scalar_t, typename acc_t, typename OnRow, typename Fn>
-__device__ __forceinline__ void for_each_unit(const KernelArgs<scalar_t, acc_t>& a, OnRow&& on_row, Fn&& fn) {
+// Calls fn(row, unit, lane_value) for every unit of every non-ignored row of this thread, and on_row(row, r) once per
+// row (ignored rows included) before its units. lane_value(v) computes the loss (kGrad false) or dloss/dx (kGrad true)
+// of column unit * V + v; fn calls it once per lane, and uses each value as it comes (the kernels' code and register
+// use stay those of a loop written in each). kUnroll units are loaded at a time, before any is computed.
+template <bool kGrad, class Row, int V, typename scalar_t, typename acc_t, class Element, typename OnRow, typename Fn>
+__device__ __forceinline__ void for_each_unit(
+    const KernelArgs<scalar_t, acc_t>& a, const Element& e, OnRow&& on_row, Fn&& fn) {
   const Geometry& g = a.geometry;
   const int64_t first_unit = g.first_unit(threadIdx.x);
   const int64_t unit_step = g.threads_per_row;
@@ -272,11 +275,30 @@ __device__ __forceinline__ void for_each_unit(const KernelArgs<scalar_t, acc_t>&
       for (int k = 0; k < kUnroll; ++k) {
         const int64_t unit = u0 + k * unit_step;
         if (unit < g.units) {
-          fn(row, unit, r, x[k], t[k]);
+          fn(row, unit, [&](int v) {
+            const int64_t col = unit * V + v;
+            RP_EMULATION_VISIT(row, col);
+            acc_t loss = 0;
+            acc_t dloss_dx = 0;
+            r.template terms<!kGrad, kGrad, V>(e, a, row, col, v, x[k][v], t[k], loss, dloss_dx);
+            return kGrad ? dloss_dx : loss;
+          });
         }
       }
     }
   }
+}
+
+// Stores lane(v) of the V columns of unit `unit` of row `row` to an [N, K] output, as one pack.
+template <int V, typename scalar_t, typename acc_t, typename T, typename Lane>
+__device__ __forceinline__ void store_unit(
+    const KernelArgs<scalar_t, acc_t>& a, int64_t row, int64_t unit, T* out, Lane&& lane) {
+  Pack<T, V> pack;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    pack.v[v] = lane(v);
+  }
+  store_pack<T, V>(out + row * a.out_row_stride + unit * V * a.out_col_stride, pack);
 }
 
 // Zeros this thread's share of row `row` of an [N, K] output (an ignored row), one column at a time.
@@ -295,18 +317,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor)
   auto on_row = [&](int64_t row, const Row& r) {
     return !r.ignored() || (zero_row_share(a, row, loss), false);  // ignored: no loss
   };
-  for_each_unit<Row, V>(a, on_row, [&](int64_t row, int64_t unit, const Row& r, const acc_t(&x)[V], const auto& t) {
-    Pack<acc_t, V> out;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t col = unit * V + v;
-      RP_EMULATION_VISIT(row, col);
-      acc_t value = 0;
-      acc_t unused = 0;
-      r.template terms<true, false, V>(e, a, row, col, v, x[v], t, value, unused);
-      out.v[v] = value * scale;
-    }
-    store_pack<acc_t, V>(loss + row * a.out_row_stride + unit * V * a.out_col_stride, out);
+  for_each_unit<false, Row, V>(a, e, on_row, [&](int64_t row, int64_t unit, const auto& lane_value) {
+    store_unit<V>(a, row, unit, loss, [&](int v) { return lane_value(v) * scale; });
   });
 }
 
@@ -325,15 +337,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) forward
     valid_rows += counts_rows;
     return true;
   };
-  for_each_unit<Row, V>(a, on_row, [&](int64_t row, int64_t unit, const Row& r, const acc_t(&x)[V], const auto& t) {
+  for_each_unit<false, Row, V>(a, e, on_row, [&](int64_t, int64_t, const auto& lane_value) {
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      const int64_t col = unit * V + v;
-      RP_EMULATION_VISIT(row, col);
-      acc_t value = 0;
-      acc_t unused = 0;
-      r.template terms<true, false, V>(e, a, row, col, v, x[v], t, value, unused);
-      sum += value;
+      sum += lane_value(v);
     }
   });
   sum = block_sum(sum, shared_sums);
@@ -393,19 +400,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerMultiprocessor) backwar
   auto on_row = [&](int64_t row, const Row& r) {
     return !r.ignored() || (zero_row_share(a, row, grad_logits), false);  // ignored: zero gradient
   };
-  for_each_unit<Row, V>(a, on_row, [&](int64_t row, int64_t unit, const Row& r, const acc_t(&x)[V], const auto& t) {
-    Pack<scalar_t, V> out;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
+  for_each_unit<true, Row, V>(a, e, on_row, [&](int64_t row, int64_t unit, const auto& lane_value) {
+    store_unit<V>(a, row, unit, grad_logits, [&](int v) {
       const int64_t col = unit * V + v;
-      RP_EMULATION_VISIT(row, col);
-      acc_t unused = 0;
-      acc_t value = 0;
-      r.template terms<false, true, V>(e, a, row, col, v, x[v], t, unused, value);
-      value *= grad_elementwise ? grad[row * grad_row_stride + col * grad_col_stride] * scale : scale;
-      out.v[v] = from_acc<scalar_t>(value);
-    }
-    store_pack<scalar_t, V>(grad_logits + row * a.out_row_stride + unit * V * a.out_col_stride, out);
+      return from_acc<scalar_t>(
+          lane_value(v) * (grad_elementwise ? grad[row * grad_row_stride + col * grad_col_stride] * scale : scale));
+    });
   });
 }
 

@@ -103,31 +103,22 @@ void dispatch(const Problem& p, Fn&& fn) {
     const acc_t w_neg = static_cast<acc_t>(p.weight_negative);
     switch (p.kind) {
       case LossKind::SigmoidFocal:
-        if (p.gamma_is_two) {
-          using E = SigmoidFocalElement<M, true>;
+        with_flag(p.gamma_is_two, [&](auto gamma_is_two) {
+          using E = SigmoidFocalElement<M, decltype(gamma_is_two)::value>;
           with_width(scalar_tag, acc_tag, TypeTag<LabelRow<E>>{}, E(gamma, w_pos, w_neg));
-        } else {
-          using E = SigmoidFocalElement<M, false>;
-          with_width(scalar_tag, acc_tag, TypeTag<LabelRow<E>>{}, E(gamma, w_pos, w_neg));
-        }
+        });
         break;
       case LossKind::QualityFocal:
-        if (p.beta == 2.0) {
-          using E = QualityFocalElement<M, true>;
+        with_flag(p.beta == 2.0, [&](auto beta_is_two) {
+          using E = QualityFocalElement<M, decltype(beta_is_two)::value>;
           with_width(scalar_tag, acc_tag, TypeTag<LabelRow<E>>{}, E(static_cast<acc_t>(p.beta)));
-        } else {
-          using E = QualityFocalElement<M, false>;
-          with_width(scalar_tag, acc_tag, TypeTag<LabelRow<E>>{}, E(static_cast<acc_t>(p.beta)));
-        }
+        });
         break;
       case LossKind::DenseFocal:
-        if (p.gamma_is_two) {
-          using E = DenseFocalElement<M, true>;
+        with_flag(p.gamma_is_two, [&](auto gamma_is_two) {
+          using E = DenseFocalElement<M, decltype(gamma_is_two)::value>;
           with_width(scalar_tag, acc_tag, TypeTag<DenseRow<E>>{}, E(gamma, w_pos, w_neg));
-        } else {
-          using E = DenseFocalElement<M, false>;
-          with_width(scalar_tag, acc_tag, TypeTag<DenseRow<E>>{}, E(gamma, w_pos, w_neg));
-        }
+        });
         break;
     }
   };

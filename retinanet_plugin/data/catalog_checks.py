@@ -1,8 +1,10 @@
-"""Fail early, with a useful message, when a registered dataset's files are not on disk.
+"""Checks of Detectron2's dataset catalogs: the dataset names a config gives are registered, and the
+files their metadata names are on disk. They fail early, with a useful message.
 
-Detectron2 registers its builtin datasets (``coco_2017_train`` ...) at the import of ``detectron2.data`` with paths
-under ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to the working directory), whether the files exist or
-not; a missing file otherwise surfaces deep inside data loading or evaluation.
+Detectron2 registers its builtin datasets (``coco_2017_train`` ...) at the import of
+``detectron2.data`` with paths under ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to the
+working directory), whether the files exist or not; a missing file otherwise surfaces deep inside
+data loading or evaluation.
 """
 
 import difflib
@@ -28,10 +30,13 @@ _PATH_KEYS = (
 
 
 def _builtin_root() -> str:
-    """The root Detectron2 used for its builtin registrations (fixed when detectron2.data was imported)."""
+    """The root Detectron2 used for its builtin registrations (fixed when detectron2.data was
+    imported)."""
     from detectron2.data.datasets import builtin
 
-    return getattr(builtin, "_root", os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+    return getattr(
+        builtin, "_root", os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    )
 
 
 def _unknown_dataset_error(name: str, registered: List[str]) -> KeyError:
@@ -40,8 +45,9 @@ def _unknown_dataset_error(name: str, registered: List[str]) -> KeyError:
     return KeyError(
         f"Dataset '{name}' is not registered in Detectron2's DatasetCatalog "
         f"({'close names' if close else 'registered names include'}: {', '.join(examples)}; "
-        f"{len(registered)} registered in all). Register it with DatasetCatalog.register / register_coco_instances, "
-        "or import the module that registers it (e.g. `import retinanet_plugin`) before building the data loader."
+        f"{len(registered)} registered in all). Register it with DatasetCatalog.register / "
+        "register_coco_instances, or import the module that registers it "
+        "(e.g. `import retinanet_plugin`) before building the data loader."
     )
 
 
@@ -54,14 +60,16 @@ def _missing_paths_message(missing: List[Tuple[str, str, str, bool]]) -> str:
         shown = path if os.path.isabs(path) else f"{path} (i.e. {os.path.abspath(path)})"
         lines.append(f"  dataset '{name}': {key} {kind} {shown}")
     lines += [
-        "Detectron2's builtin datasets are looked for under $DETECTRON2_DATASETS, default ./datasets relative to the "
-        f"working directory (now {os.getcwd()}): e.g. coco_2017_train expects "
-        "$DETECTRON2_DATASETS/coco/annotations/instances_train2017.json and $DETECTRON2_DATASETS/coco/train2017/.",
-        f"DETECTRON2_DATASETS is {'unset' if env_value is None else repr(env_value)}; Detectron2 read it when "
-        f"detectron2.data was first imported and registered its builtin datasets under {builtin_root!r}, "
-        "so set it before starting Python.",
-        "Download the data there, or train on the embedded synthetic dataset "
-        "(DATASETS.TRAIN retinanet_synthetic_shapes_train, DATASETS.TEST retinanet_synthetic_shapes_val).",
+        "Detectron2's builtin datasets are looked for under $DETECTRON2_DATASETS, default "
+        f"./datasets relative to the working directory (now {os.getcwd()}): e.g. coco_2017_train "
+        "expects "
+        "$DETECTRON2_DATASETS/coco/annotations/instances_train2017.json and "
+        "$DETECTRON2_DATASETS/coco/train2017/.",
+        f"DETECTRON2_DATASETS is {'unset' if env_value is None else repr(env_value)}; Detectron2 "
+        "read it when detectron2.data was first imported and registered its builtin datasets "
+        f"under {builtin_root!r}, so set it before starting Python.",
+        "Download the data there, or train on the embedded synthetic dataset (DATASETS.TRAIN "
+        "retinanet_synthetic_shapes_train, DATASETS.TEST retinanet_synthetic_shapes_val).",
     ]
     return "\n".join(lines)
 
@@ -77,8 +85,8 @@ def check_dataset_files(dataset_names: Union[str, Iterable[str]]) -> None:
         dataset_names: a name or names, e.g. ``cfg.DATASETS.TRAIN``.
     Raises:
         KeyError: a name is not registered.
-        FileNotFoundError: listing every missing (dataset, metadata key, path), and where Detectron2 looks for
-            its builtin datasets (``DETECTRON2_DATASETS``).
+        FileNotFoundError: listing every missing (dataset, metadata key, path), and where Detectron2
+            looks for its builtin datasets (``DETECTRON2_DATASETS``).
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
