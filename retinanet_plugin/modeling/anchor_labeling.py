@@ -77,19 +77,28 @@ def match_anchors(
         )
 
     if matcher.allow_low_quality_matches:
-        # Anchors that are some box's best (ties included) become foreground, as in
-        # Matcher.set_low_quality_matches_.
-        reference = best_iou_per_gt.masked_fill(best_iou_per_gt <= 0, float("inf"))[:, None]
-        is_best_for_some_gt = torch.empty(num_anchors, dtype=torch.bool, device=anchors.device)
-        for start, end in blocks:
-            iou = (
-                single_block_iou
-                if single_block_iou is not None
-                else pairwise_iou(gt, Boxes(anchors[start:end]))
-            )
-            is_best_for_some_gt[start:end] = (iou == reference).any(dim=0)
-        match_labels = torch.where(is_best_for_some_gt, torch.ones_like(match_labels), match_labels)
+        best_for_some_gt = _best_for_some_box(
+            gt, anchors, blocks, best_iou_per_gt, single_block_iou
+        )
+        match_labels = torch.where(best_for_some_gt, torch.ones_like(match_labels), match_labels)
     return matched_idxs, match_labels
+
+
+def _best_for_some_box(
+    gt: Boxes, anchors: Tensor, blocks, best_iou_per_gt: Tensor, single_block_iou
+) -> Tensor:
+    """[R] bool: the anchors that are some box's best (ties included), which the low-quality rule
+    makes foreground, as ``Matcher.set_low_quality_matches_`` does; the IoUs are recomputed block by
+    block (or reused when there was a single block). A box whose best IoU is 0 promotes nothing."""
+    reference = best_iou_per_gt.masked_fill(best_iou_per_gt <= 0, float("inf"))[:, None]
+    result = torch.empty(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    for start, end in blocks:
+        if single_block_iou is not None:
+            iou = single_block_iou
+        else:
+            iou = pairwise_iou(gt, Boxes(anchors[start:end]))
+        result[start:end] = (iou == reference).any(dim=0)
+    return result
 
 
 def label_image_anchors(

@@ -216,7 +216,28 @@ def select_detections_padded(
     image_idx = torch.cat([image_idx, image_idx.new_full((2,), num_images)])
     # by decreasing score
     kept = nms_per_image_and_class(boxes, scores, image_idx, classes, settings.nms_thresh)
+    source, filled, num_detections = _pack_per_image(
+        kept, image_idx, num_images, settings.max_detections_per_image
+    )
+    out_boxes = torch.where(filled.unsqueeze(2), boxes[source], 0.0)
+    out_scores = torch.where(filled, scores[source], 0.0)
+    out_classes = torch.where(filled, classes[source], -1)
+    return out_boxes, out_scores, out_classes, num_detections
 
+
+def _pack_per_image(
+    kept: Tensor, image_idx: Tensor, num_images: int, max_detections_per_image: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Where each image's kept candidates go in the [N, D] output (D = max_detections_per_image).
+
+    Args:
+        kept: [M] indices of the kept candidates, by decreasing score, the two dummy rows (image
+            ``num_images``) among them.
+        image_idx: the image of every candidate.
+    Returns:
+        source [N, D] (the candidate of each slot; the last dummy row where not filled), filled
+        [N, D] bool, num_detections [N].
+    """
     # Group the kept boxes by image, keeping the score order inside each image: sort by a unique
     # key.
     kept_image = image_idx[kept]
@@ -227,14 +248,9 @@ def select_detections_padded(
     kept_per_image = torch.zeros(num_images + 1, dtype=torch.int64, device=kept.device)
     kept_per_image = kept_per_image.scatter_add(0, kept_image, torch.ones_like(kept_image))
     starts = kept_per_image.cumsum(0) - kept_per_image
-    num_detections = kept_per_image[:num_images].clamp(max=settings.max_detections_per_image)
-    # [1, D]
-    slot = torch.arange(settings.max_detections_per_image, device=kept.device).unsqueeze(0)
+    num_detections = kept_per_image[:num_images].clamp(max=max_detections_per_image)
+    slot = torch.arange(max_detections_per_image, device=kept.device).unsqueeze(0)  # [1, D]
     filled = slot < num_detections.unsqueeze(1)  # [N, D]
     dummy = kept_per_image.sum() - 1  # the last dummy row, last in the grouped order
     source = torch.where(filled, starts[:num_images].unsqueeze(1) + slot, dummy)
-    source = kept[source]  # [N, D] rows into the candidates; the dummy row where not filled
-    out_boxes = torch.where(filled.unsqueeze(2), boxes[source], 0.0)
-    out_scores = torch.where(filled, scores[source], 0.0)
-    out_classes = torch.where(filled, classes[source], -1)
-    return out_boxes, out_scores, out_classes, num_detections
+    return kept[source], filled, num_detections
