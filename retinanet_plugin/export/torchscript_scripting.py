@@ -26,8 +26,8 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     Instances fields."""
     if model.training:
         raise ValueError(
-            "script_model needs a model in eval mode (call model.eval()): scripting is for "
-            "inference"
+            "script_model needs a model in eval mode (call model.eval()); scripting is for "
+            "inference only"
         )
     return scripting_with_instances(model, DETECTION_FIELDS)
 

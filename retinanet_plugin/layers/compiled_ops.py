@@ -42,30 +42,31 @@ def built_with_cuda() -> bool:
     return bool(_C is not None and _C.WITH_CUDA)
 
 
+def not_loaded_message() -> str:
+    """Why the compiled library is missing, and how to build it."""
+    return f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
+
+
+def _require_library() -> None:
+    if _C is None:
+        raise RuntimeError(not_loaded_message())
+
+
 def library_path() -> str:
     """The file of the loaded compiled library (raises when it could not be loaded)."""
-    if _C is None:
-        raise RuntimeError(
-            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
-        )
+    _require_library()
     return _C.__file__
 
 
 def cpu_kernel_capability() -> str:
     """The CPU kernel variant in use on this machine: "AVX512", "AVX2" or "DEFAULT"."""
-    if _C is None:
-        raise RuntimeError(
-            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
-        )
+    _require_library()
     return _C.cpu_kernel_capability()
 
 
 def require_op(logits: torch.Tensor, reduction: str) -> None:
     """Raises a clear error when a loss op cannot run on ``logits`` with ``reduction``."""
-    if _C is None:
-        raise RuntimeError(
-            f"retinanet_plugin._C could not be loaded ({LOAD_ERROR}); {REBUILD_HINT}"
-        )
+    _require_library()
     check_reduction(reduction)
     if logits.is_cuda and not built_with_cuda():
         raise RuntimeError(

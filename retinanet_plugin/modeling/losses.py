@@ -32,6 +32,7 @@ from ..layers import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_reference,
 )
+from ..layers.compiled_ops import not_loaded_message
 from ..layers.giou_loss import aligned_box_iou, giou_loss
 from .box_transform import encode_box_targets
 
@@ -152,10 +153,8 @@ def build_classification_loss(
         )
     if impl == "op" and not focal_loss_op_available():
         raise RuntimeError(
-            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL is 'op' but retinanet_plugin._C is not built: "
-            "run "
-            "`pip install --no-build-isolation -e .` in the plugin's folder, or set the key to "
-            "'reference'"
+            f"MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL is 'op' but {not_loaded_message()}, or set "
+            "the key to 'reference'"
         )
     if not quality_beta >= 0:
         raise ValueError(
