@@ -1,8 +1,21 @@
-# make demo : set up (.venv, pinned stack, plugin build) and run the main job on the embedded synthetic dataset.
+# make demo : set up (a virtual environment, the pinned stack, the plugin build) and run the main job on the embedded
+#             synthetic dataset.
 # make test : the same set-up, then the whole test suite.
 # Both are idempotent: stamps skip the steps whose inputs did not change.
-PYTHON_BOOT ?= python3.11
-VENV        ?= .venv
+#
+# The interpreter: PYTHON=... when given (a command or a path), else the newest of python3.13, 3.12, 3.11 and 3.10
+# found (tools/find_python.sh; a pyenv version that is installed but not selected counts). Each minor version gets
+# its own environment, .venv-3.X, so that switching PYTHON never mixes two Pythons in one folder; `.venv` is a link
+# to the automatic choice's environment (a real .venv folder from before is left as it is). VENV=... overrides the
+# folder, and one that holds another Python is refused.
+PICKED := $(shell bash tools/find_python.sh $(PYTHON))
+ifneq ($(filter error:,$(firstword $(PICKED))),)
+$(error $(PICKED))
+endif
+PY_MINOR    := $(word 1,$(PICKED))
+PYTHON_EXE  := $(word 2,$(PICKED))
+VENV        ?= .venv-$(PY_MINOR)
+$(info Python $(word 3,$(PICKED)) ($(PYTHON_EXE)$(if $(PYTHON),, - the newest of 3.13 to 3.10 found; PYTHON=... to choose)) -> $(VENV))
 PY          := $(VENV)/bin/python
 DEMO_CONFIG := configs/synthetic/retinanet_R18_synthetic.yaml
 DEMO_OUT    ?= output/demo
@@ -22,15 +35,22 @@ endif
 
 CSRC := $(wildcard retinanet_plugin/csrc/* retinanet_plugin/csrc/*/*)
 
-.PHONY: demo test lint setup build clean-demo
+.PHONY: demo test test-short lint setup build clean-demo venv-check
 
 setup: $(VENV)/.stack-installed
 build: $(VENV)/.plugin-built
 
 $(PY):
-	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PYTHON_EXE) -m venv $(VENV)
 
-$(VENV)/.stack-installed: tools/stack-requirements.txt tools/install_stack.sh | $(PY)
+# An environment made by another Python minor version (VENV= pointing at it) is refused, not mixed.
+venv-check: | $(PY)
+	@$(PY) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; v == "$(PY_MINOR)" or sys.exit("error: $(VENV) holds Python " + v + ", not $(PY_MINOR): remove it or choose another VENV=")'
+ifeq ($(PYTHON)$(origin VENV),file)
+	@if [ ! -e .venv ] || [ -L .venv ]; then ln -sfn $(VENV) .venv; fi
+endif
+
+$(VENV)/.stack-installed: tools/stack-requirements.txt tools/install_stack.sh | venv-check
 	bash tools/install_stack.sh $(PY)
 	touch $@
 
@@ -51,6 +71,16 @@ demo: $(DEMO_OUT)/model_final.pth
 
 test: $(VENV)/.plugin-built
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The shorter set .ci/run runs on the supported Pythons other than the default: the build (the prerequisite), the
+# environment report (exits 1 when the plugin is not ready), this Python's stack and pip check, the op's CPU tests,
+# parity with Detectron2's RetinaNet, and one train_net.py run (train, checkpoint, evaluate).
+SHORT_TESTS := tests/test_python_versions.py tests/test_env.py tests/test_focal_loss_op.py \
+	tests/test_quality_focal_loss_op.py tests/test_focal_loss_dense_op.py tests/test_parity.py \
+	tests/test_train_net_e2e.py::test_one_process_trains_checkpoints_and_evaluates
+test-short: $(VENV)/.plugin-built
+	$(PY) -m retinanet_plugin.env
+	$(PY) -m pytest $(SHORT_TESTS) $(PYTEST_ARGS)
 
 # The house style (pyproject.toml): `ruff format` and `ruff check` must have nothing to change.
 lint: $(VENV)/.stack-installed

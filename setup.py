@@ -16,6 +16,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -85,7 +86,11 @@ def _default_gencode_flags(nvcc):
     return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
-def write_isa_prelude(torch_include_dirs, out_dir=os.path.join(HERE, "build", "generated")):
+def write_isa_prelude(
+    torch_include_dirs,
+    # one folder per interpreter: the prelude holds paths into that environment's torch headers
+    out_dir=os.path.join(HERE, "build", "generated-" + sys.implementation.cache_tag),
+):
     """Writes retinanet_plugin_isa_prelude.h into out_dir and returns out_dir.
 
     The CPU kernels' AVX2/AVX-512 translation units switch the instruction set on with `#pragma GCC

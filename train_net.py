@@ -6,14 +6,21 @@
         MODEL.WEIGHTS model_final.pth
     # no GPU: 2 CPU workers
     python train_net.py --config-file configs/synthetic/retinanet_R18_synthetic.yaml --num-gpus 2
+    # 2 machines of 8 GPUs: on machine R (0 and 1), HOST being machine 0's address
+    python train_net.py --config-file configs/retinanet_R50.yaml --num-gpus 8 \
+        --num-machines 2 --machine-rank R --dist-url tcp://HOST:29500
+    # torchrun: ranks from the environment, nothing spawned again (several machines: --nnodes,
+    # --node-rank / --rdzv-endpoint on each, see the README)
+    torchrun --nproc-per-node 8 train_net.py --config-file configs/retinanet_R50.yaml
 
-Without GPUs, ``--num-gpus N`` starts N CPU processes that train together over GLOO, and a config
-that asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a warning).
+Without GPUs, ``--num-gpus N`` (or ``torchrun --nproc-per-node N``) starts N CPU processes that
+train together over GLOO, and a config that asks for ``MODEL.DEVICE cuda`` runs on the CPU (with a
+warning). How the workers are started: ``retinanet_plugin.engine.launching``.
 """
 
 import logging
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -24,6 +31,7 @@ from retinanet_plugin.engine import (
     RetinaNetPluginTrainer,
     config_from_file,
 )
+from retinanet_plugin.engine.launching import launch_from_args
 
 logger = logging.getLogger("retinanet_plugin")
 
@@ -63,14 +71,7 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     add("--sizes", help="image sizes HxW, comma-separated (CPU default 384x640, CUDA 800x1333)")
+    add(
+        "--infer-sizes",
+        help="image sizes HxW of the inference cases, comma-separated (default: --sizes)",
+    )
     add("--batch", type=inputs.int_list, help="training batch sizes (CPU default 2, CUDA 2,8)")
     add("--infer-batch", type=int, default=1, help="inference batch size (default 1)")
     add("--reps", type=int, help="measured repetitions per round (CPU default 3, CUDA 10)")
@@ -160,6 +164,11 @@ def parse_args(argv=None):
         args.sizes = [inputs.parse_size(s) for s in sizes if s]
     except argparse.ArgumentTypeError as error:
         parser.error(f"--sizes: {error}")
+    try:
+        infer_sizes = args.infer_sizes.split(",") if args.infer_sizes else []
+        args.infer_sizes = [inputs.parse_size(s) for s in infer_sizes if s] or args.sizes
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--infer-sizes: {error}")
     args.batch = args.batch or inputs.int_list(defaults["batch"])
     for key in ("reps", "warmup", "rounds", "amp"):
         if getattr(args, key) is None:
@@ -183,18 +192,21 @@ def parse_args(argv=None):
 def build_cases(args) -> List[Dict[str, object]]:
     cases = []
     for amp in [False, True] if args.amp else [False]:
+        common = {"amp": amp, "reps": args.reps, "warmup": args.warmup, "boxes": args.boxes}
         for size in args.sizes:
-            common = {
-                "size": list(size),
-                "amp": amp,
-                "reps": args.reps,
-                "warmup": args.warmup,
-                "boxes": args.boxes,
-            }
             for batch in args.batch:
-                cases.append(dict(common, kind="train", batch=batch, stress=args.stress))
-            if not args.stress:
-                cases.append(dict(common, kind="inference", batch=args.infer_batch))
+                cases.append(
+                    dict(common, size=list(size), kind="train", batch=batch, stress=args.stress)
+                )
+            if not args.stress and size in args.infer_sizes:
+                cases.append(
+                    dict(common, size=list(size), kind="inference", batch=args.infer_batch)
+                )
+        for size in args.infer_sizes:
+            if not args.stress and size not in args.sizes:
+                cases.append(
+                    dict(common, size=list(size), kind="inference", batch=args.infer_batch)
+                )
     return cases
 
 

@@ -24,6 +24,7 @@ def settings(args) -> Dict[str, object]:
     return {
         "depth": args.depth,
         "sizes": [list(s) for s in args.sizes],
+        "infer_sizes": [list(s) for s in args.infer_sizes],
         "train_batches": args.batch,
         "infer_batch": args.infer_batch,
         "reps": args.reps,

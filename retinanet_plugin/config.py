@@ -21,6 +21,7 @@ def add_retinanet_plugin_config(cfg):
     _add_architecture_keys(node)
     _add_loss_keys(node)
     _add_training_keys(node)
+    _add_execution_keys(node)
     cfg.MODEL.RETINANET_PLUGIN = node
     _add_dataset_keys(cfg)
     return cfg
@@ -98,6 +99,28 @@ def _add_training_keys(node: CN) -> None:
     # object is neither object nor background); boxes with more left are clipped and trained on,
     # boxes with nothing left are dropped. 0: clip and keep all.
     node.CROP_MIN_VISIBLE_FRACTION = 0.5
+
+
+def _add_execution_keys(node: CN) -> None:
+    """How the network runs: the results are the same up to float rounding."""
+    # In eval mode, run each convolution of the backbone that a FrozenBatchNorm2d follows
+    # (MODEL.RESNETS.NORM "FrozenBN", and the frozen stages of other norms) as one convolution with
+    # the norm folded into its weight and bias (retinanet_plugin.modeling.frozen_bn_folding).
+    # Training, the parameters and checkpoints are unchanged.
+    node.FOLD_FROZEN_BN = True
+    # Memory format of the activations at inference (eval mode): "channels_last" (NHWC, which
+    # oneDNN's CPU convolutions run faster; the head's outputs then need no copy to become
+    # [N, H*W*A, K]), "contiguous" (NCHW, PyTorch's and Detectron2's) or "auto" (channels_last
+    # when MODEL.DEVICE is the CPU). Training runs NCHW, as Detectron2 does, and the weights keep
+    # their layout: channels-last training measured no faster on the CPU here, and its float32
+    # gradients were further from exact ones.
+    node.MEMORY_FORMAT = "auto"
+    # Precision of the backbone and head at inference (eval mode): "float32"; "bfloat16" (under
+    # torch.autocast; anchors, decoding and NMS stay float32; the scores and boxes move by about
+    # bfloat16's 3 significant digits); or "auto": bfloat16 when MODEL.DEVICE is a CPU with
+    # bfloat16 instructions (AMX-BF16 or AVX512-BF16: `python -m retinanet_plugin.env` says),
+    # float32 otherwise. Training precision is SOLVER.AMP's.
+    node.INFERENCE_DTYPE = "float32"
 
 
 def _add_dataset_keys(cfg) -> None:

@@ -52,6 +52,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions that oneDNN's convolutions use (AMX-BF16 or
+    AVX512-BF16, from ``/proc/cpuinfo``'s flags); False where that file is missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def _package_version(import_name: str) -> Tuple[Optional[str], Optional[str]]:
     """(version, problem): the installed version, or why the package cannot be imported."""
     try:
@@ -100,6 +114,7 @@ def collect() -> Tuple[Dict[str, object], List[str]]:
         "Python": platform.python_version() + " (" + sys.executable + ")",
         "platform": platform.platform(),
         "CPU": cpu_name(),
+        "CPU bfloat16 instructions": "yes" if cpu_has_native_bfloat16() else "no",
     }
     if sys.version_info[:2] not in SUPPORTED_PYTHONS:
         problems.append(

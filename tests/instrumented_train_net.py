@@ -1,5 +1,5 @@
-"""train_net.py with test instruments, run as a script by tests/test_faults.py (same command line as
-train_net.py).
+"""train_net.py with test instruments, run as a script by tests/test_faults.py and
+tests/test_launch_modes.py (same command line as train_net.py).
 
 Environment variables, read in every worker process:
     RELIABILITY_DATASETS  json list of [name, coco_json_file, image_root]: COCO datasets to
@@ -8,9 +8,18 @@ Environment variables, read in every worker process:
                           (the mean over workers that Detectron2 logs) and its resident memory in
                           MiB.
     RELIABILITY_FAULT     "RANK:ITERATION": that worker raises a RuntimeError before that iteration.
+    RELIABILITY_RESUME_FAULT
+                          "RANK": that worker cannot read any checkpoint (CheckpointReadError), so
+                          its --resume finds no readable one.
+    RELIABILITY_RANKS     folder: each worker writes rank<RANK>.json there, saying how it was
+                          started (Detectron2's comm: rank, world size, local rank and size; pid,
+                          parent pid, whether multiprocessing spawned it; the torchrun variables).
+
+Started like train_net.py: --num-gpus / --num-machines (Detectron2's launch) or torchrun.
 """
 
 import json
+import multiprocessing
 import os
 import sys
 
@@ -19,10 +28,12 @@ sys.path.insert(0, os.path.dirname(TESTS_DIR))  # the repository root, for train
 
 import train_net  # noqa: E402
 from detectron2.data.datasets import register_coco_instances  # noqa: E402
-from detectron2.engine import HookBase, default_argument_parser, launch  # noqa: E402
+from detectron2.engine import HookBase, default_argument_parser  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
+from retinanet_plugin.checkpoint import CheckpointReadError, checked_checkpointer  # noqa: E402
 from retinanet_plugin.engine import RetinaNetPluginTrainer  # noqa: E402
+from retinanet_plugin.engine.launching import launch_from_args  # noqa: E402
 
 LOSS_KEYS = ("loss_cls", "loss_box_reg", "total_loss")
 
@@ -64,7 +75,39 @@ class RaiseOnOneWorker(HookBase):
             )
 
 
+def record_how_this_worker_started(folder):
+    row = {
+        "rank": comm.get_rank(),
+        "world_size": comm.get_world_size(),
+        "local_rank": comm.get_local_rank(),
+        "local_size": comm.get_local_size(),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "spawned_by_multiprocessing": multiprocessing.parent_process() is not None,
+        "environment": {
+            k: os.environ.get(k)
+            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+        },
+    }
+    with open(os.path.join(folder, f"rank{row['rank']}.json"), "w") as f:
+        json.dump(row, f)
+
+
+def break_checkpoint_reading_on(rank):
+    if comm.get_rank() != rank:
+        return
+
+    def unreadable(filename):
+        raise CheckpointReadError(f"injected fault: rank {rank} cannot read {filename}")
+
+    checked_checkpointer.read_checkpoint_file = unreadable  # what the checkpointer reads with
+
+
 def instrument():
+    if os.environ.get("RELIABILITY_RANKS"):
+        record_how_this_worker_started(os.environ["RELIABILITY_RANKS"])
+    if os.environ.get("RELIABILITY_RESUME_FAULT"):
+        break_checkpoint_reading_on(int(os.environ["RELIABILITY_RESUME_FAULT"]))
     for name, json_file, image_root in json.loads(os.environ.get("RELIABILITY_DATASETS", "[]")):
         register_coco_instances(name, {}, json_file, image_root)
     extra = []
@@ -83,12 +126,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, default_argument_parser().parse_args())

@@ -56,6 +56,10 @@ def plugin_model(num_classes=NUM_CLASSES):
     cfg.merge_from_file(str(REPO / "configs" / "retinanet_R50.yaml"))
     small_depth(cfg)
     cfg.MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL = "reference"
+    # Detectron2's execution (norms unfolded, NCHW), so that equal weights give equal detections
+    # to 1e-4; the other modes differ from it by rounding (tests/test_parity.py)
+    cfg.MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN = False
+    cfg.MODEL.RETINANET_PLUGIN.MEMORY_FORMAT = "contiguous"
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     torch.manual_seed(123)  # a different initialisation from the source's
     return build_model(cfg).eval()

@@ -19,19 +19,22 @@ import numpy as np
 import pytest
 import torch
 
+import launch_helpers
 from conftest import REPO_ROOT
-
-CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
-INSTRUMENTED = os.path.join(REPO_ROOT, "tests", "instrumented_train_net.py")
-
-
-def _env(datasets_root, **extra):
-    return dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1", **extra)
-
-
-def _records(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from launch_helpers import (
+    CONFIG,
+    CURVE_ITERATIONS,
+    CURVE_RUN,
+    EARLY_ITERATIONS,
+    EARLY_RTOL,
+    INSTRUMENTED,
+    LATE_RTOL,
+    ONE_PROCESS_CURVE_RUN,
+    TWO_WORKER_CURVE_RUN,
+    read_records,
+    relative_loss_differences,
+    worker_env,
+)
 
 
 def _tail(text, n=4000):
@@ -144,7 +147,7 @@ def _kill_while_saving(out_dir, datasets_root, timeout=300):
                 str(out_dir),
             ],
             cwd=REPO_ROOT,
-            env=_env(datasets_root),
+            env=worker_env(datasets_root),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -245,7 +248,7 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
             str(out),
         ],
         cwd=REPO_ROOT,
-        env=_env(datasets_root),
+        env=worker_env(datasets_root),
         capture_output=True,
         text=True,
         timeout=600,
@@ -276,66 +279,9 @@ def test_killed_while_saving_then_resumed_continues_with_the_same_state(tmp_path
 # Two CPU workers (GLOO) against one process with the same total batch; one worker raising
 # --------------------------------------------------------------------------------------------------
 
-# Same data order and the same augmentations in both runs: TrainingSampler hands worker r the
-# shuffled indices r, r + 2, ... of one seeded permutation, so a total batch of 4 is the same 4
-# images on 1 or 2 workers once aspect-ratio grouping is off; no random resize or flip; all images
-# 128x128, so no batch pads differently; GN instead of BN, so no statistic depends on the per-worker
-# batch. The "ema" normaliser is per worker (the all-reduced foreground count / number of workers):
-# starting it at 100 / 2 with 2 workers makes 2 x normaliser(2 workers) == normaliser(1 process) at
-# every step, hence the same logged losses and gradients.
-CURVE_RUN = [
-    "DATASETS.TRAIN",
-    '("fixed_size_train",)',
-    "DATASETS.TEST",
-    "()",
-    "MODEL.RESNETS.NORM",
-    "GN",
-    "SOLVER.IMS_PER_BATCH",
-    "4",
-    "SOLVER.BASE_LR",
-    "0.002",
-    "SOLVER.MAX_ITER",
-    "8",
-    "SOLVER.WARMUP_ITERS",
-    "4",
-    "SOLVER.STEPS",
-    "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.RANDOM_FLIP",
-    "none",
-    "DATALOADER.ASPECT_RATIO_GROUPING",
-    "False",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SEED",
-    "3",
-]
-# Measured on this CPU: iterations 0-4 differ by <= 1e-5 (relative), as a float32 sum over ~100k
-# anchors does; then both runs drift apart, as training from scratch amplifies any rounding
-# difference: a single process rerun with 2 threads instead of 1 drifts from itself by 5e-3 by
-# iteration 7 in the same way.
-EARLY_ITERATIONS, EARLY_RTOL, LATE_RTOL = 5, 1e-4, 5e-2
-
-
-@pytest.fixture(scope="module")
-def fixed_size_dataset(tmp_path_factory):
-    from retinanet_plugin.data.synthetic_shapes import ensure_synthetic_shapes
-
-    root = ensure_synthetic_shapes(
-        str(tmp_path_factory.mktemp("fixed") / "shapes"),
-        num_train=32,
-        num_val=1,
-        min_image_size=128,
-        max_image_size=128,
-    )
-    return json.dumps(
-        [["fixed_size_train", os.path.join(root, "train.json"), os.path.join(root, "train")]]
-    )
+# The runs' settings (CURVE_RUN: why both give the same curve), tolerances and data
+# (fixed_size_dataset): tests/launch_helpers.py, shared with tests/test_launch_modes.py.
+fixed_size_dataset = launch_helpers.fixed_size_dataset  # the fixture
 
 
 def _instrumented_run(out_dir, datasets, opts, num_gpus=1, timeout=600, **env):
@@ -357,14 +303,11 @@ def _instrumented_run(out_dir, datasets, opts, num_gpus=1, timeout=600, **env):
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(out_dir, RELIABILITY_DATASETS=datasets, RELIABILITY_RECORD=str(record), **env),
+        env=worker_env(
+            out_dir, RELIABILITY_DATASETS=datasets, RELIABILITY_RECORD=str(record), **env
+        ),
     )
-    return proc, (_records(record) if record.exists() else []), time.time() - started
-
-
-def _relative_differences(one, two):
-    keys = ("loss_cls", "loss_box_reg", "total_loss")
-    return [max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in keys) for a, b in zip(one, two)]
+    return proc, (read_records(record) if record.exists() else []), time.time() - started
 
 
 @pytest.mark.slow
@@ -372,21 +315,23 @@ def test_two_cpu_workers_give_the_loss_curve_of_one_process(tmp_path, fixed_size
     one, one_curve, _ = _instrumented_run(
         tmp_path / "one",
         fixed_size_dataset,
-        CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "100.0"],
+        ONE_PROCESS_CURVE_RUN,
     )
     assert one.returncode == 0, _tail(one.stdout + one.stderr)
     two, two_curve, _ = _instrumented_run(
         tmp_path / "two",
         fixed_size_dataset,
-        CURVE_RUN + ["MODEL.RETINANET_PLUGIN.NORMALIZER_EMA_INIT", "50.0"],
+        TWO_WORKER_CURVE_RUN,
         num_gpus=2,
     )
     assert two.returncode == 0, _tail(two.stdout + two.stderr)
     assert "World size: 2" in two.stdout + two.stderr
     assert (
-        [r["iteration"] for r in one_curve] == [r["iteration"] for r in two_curve] == list(range(8))
+        [r["iteration"] for r in one_curve]
+        == [r["iteration"] for r in two_curve]
+        == CURVE_ITERATIONS
     )
-    differences = _relative_differences(one_curve, two_curve)
+    differences = relative_loss_differences(one_curve, two_curve)
     print("relative loss differences, 2 workers vs 1 process:", ["%.2e" % d for d in differences])
     assert max(differences[:EARLY_ITERATIONS]) <= EARLY_RTOL, differences
     assert max(differences) <= LATE_RTOL, differences

@@ -1,6 +1,8 @@
 """The built wheel carries the compiled op and every shipped config (model-zoo style use after a
-plain install)."""
+plain install), and an installed copy of it, outside the source tree, reports itself ready with
+``python -m retinanet_plugin.env`` (what the README tells users who bring their own environment)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +49,26 @@ def test_wheel_ships_configs_and_the_op(tmp_path):
 
     # where an installed copy looks first
     assert model_zoo._CONFIG_DIRS[0].name == "model_zoo_configs"
+
+    # A plain (non-editable) install of that wheel, away from the sources: the copy imported is the
+    # installed one, its op loads, and the environment report finds nothing missing.
+    site = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run(
+        [sys.executable, "-m", "retinanet_plugin.env", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the source tree, which `python -m` would put first on sys.path
+        env=dict(os.environ, PYTHONPATH=str(site)),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["problems"] == []
+    assert result["report"]["op"].startswith(f"loaded ({site / 'retinanet_plugin' / '_C.'}")

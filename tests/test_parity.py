@@ -32,6 +32,17 @@ from sane_random_weights import make_weights_sane  # a helper beside the tests
 PLUGIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retinanet_R50.yaml"
 DETECTRON2_CONFIG = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
 TOLERANCE = 1e-4
+# Folded frozen norms and channels-last convolutions round differently: the detections are the same
+# (counts, classes), boxes and scores equal to float rounding through ~60 layers (measured on R50:
+# 0.0074 px and 6.4e-5 folded, 0.015 px and 7.4e-5 folded and channels-last). plugin_cfg runs the
+# convolutions in Detectron2's memory format (NCHW) unless told otherwise.
+UNFOLDED = ["MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN", "False"]
+EXECUTION_MODES = {
+    "as_detectron2": (UNFOLDED, TOLERANCE, TOLERANCE),
+    "folded": ([], 0.05, 5e-4),
+    # the defaults on the CPU: folded, channels-last activations at inference
+    "defaults": (["MODEL.RETINANET_PLUGIN.MEMORY_FORMAT", "auto"], 0.05, 5e-4),
+}
 # name -> (MODEL.RESNETS.DEPTH, MODEL.RESNETS.RES2_OUT_CHANNELS)
 DEPTHS = {"R50": (50, 256), "R18": (18, 64)}
 GRADIENT_PARAMS = (
@@ -65,6 +76,7 @@ def plugin_cfg(depth_name, focal_loss_impl="reference", overrides=()):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = DEPTHS[depth_name]
     cfg.MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL = focal_loss_impl
+    cfg.MODEL.RETINANET_PLUGIN.MEMORY_FORMAT = "contiguous"  # Detectron2's: same rounding
     cfg.merge_from_list(list(overrides))
     return cfg
 
@@ -204,10 +216,15 @@ def max_abs_diff(a, b):
 
 # ----------------------------------------------------------------------------------------------
 # tests
-@pytest.mark.parametrize("depth_name", list(DEPTHS))
-def test_detections_match_detectron2(depth_name):
+@pytest.mark.parametrize(
+    "depth_name, mode",
+    [(depth, "as_detectron2") for depth in DEPTHS]
+    + [("R50", mode) for mode in EXECUTION_MODES if mode != "as_detectron2"],
+)
+def test_detections_match_detectron2(depth_name, mode):
+    overrides, box_tolerance, score_tolerance = EXECUTION_MODES[mode]
     reference = detectron2_model(depth_name)
-    plugin = plugin_model_like(reference, plugin_cfg(depth_name))
+    plugin = plugin_model_like(reference, plugin_cfg(depth_name, overrides=overrides))
     expected = run_inference(reference)
     actual = run_inference(plugin)
 
@@ -220,11 +237,11 @@ def test_detections_match_detectron2(depth_name):
         assert float(instances.scores.max() - instances.scores.min()) > 0.1
     diff = detection_differences(expected, actual)
     print(
-        f"\n[{depth_name}] detections compared: {diff['count']}, max |box diff| "
+        f"\n[{depth_name}, {mode}] detections compared: {diff['count']}, max |box diff| "
         f"{diff['boxes']:.3g} px, "
         f"max |score diff| {diff['scores']:.3g}"
     )
-    assert diff["boxes"] <= TOLERANCE and diff["scores"] <= TOLERANCE, diff
+    assert diff["boxes"] <= box_tolerance and diff["scores"] <= score_tolerance, diff
 
 
 @pytest.mark.parametrize("focal_loss_impl", ["reference", "op"])

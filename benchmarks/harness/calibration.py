@@ -21,6 +21,8 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
+from retinanet_plugin.modeling.frozen_bn_folding import FoldedFrozenBNConv2d
+
 
 def frozen_batch_norms(root: nn.Module) -> List[nn.Module]:
     """The FrozenBN layers under ``root`` (Detectron2's or torchvision's), in module order."""
@@ -48,11 +50,17 @@ def calibrate_frozen_batch_norms(
         module.weight.uniform_(0.5, 1.0, generator=generator)
         module.bias.uniform_(-0.2, 0.2, generator=generator)
         hooks.append(module.register_forward_pre_hook(measure_statistics))
+    # the plugin's folded convolutions run their norm as a separate layer only in training mode
+    folded = [m for m in root.modules() if isinstance(m, FoldedFrozenBNConv2d) and not m.training]
     try:
+        for module in folded:
+            module.train()
         run()
     finally:
         for hook in hooks:
             hook.remove()
+        for module in folded:
+            module.eval()
 
 
 def classification_layer(model: nn.Module) -> nn.Conv2d:

@@ -10,7 +10,8 @@ Module                      Holds
 ``reading``                 reading ``.pkl``, ``.pyth``, ``.pth`` files as Detectron2 lays them out
 ``checkpoint_path``         ``path?matching_heuristics=True``, Detectron2's load options
 ``writing``                 atomic writes: no checkpoint is ever half-written
-``resume``                  which checkpoint ``--resume`` continues from
+``resume``                  which checkpoint ``--resume`` continues from; the workers' agreement
+                            on what they load
 ``checked_checkpointer``    the trainer's checkpointer (:class:`CheckedDetectionCheckpointer`)
 ``detectron2_conversion``   Detectron2 RetinaNet weights -> plugin weights, validated
 ``errors``                  the errors, each naming the file and the problem
@@ -28,6 +29,7 @@ from .errors import (
     CheckpointReadError,
 )
 from .reading import load_detectron2_checkpoint, read_checkpoint_file
+from .resume import CheckpointFailedOnWorkerError
 from .safe_pickle import ForbiddenPickleGlobalError, UnreadablePickleError, load_pickle_checkpoint
 from .writing import AtomicDetectionCheckpointer, save_plugin_checkpoint
 
@@ -35,6 +37,7 @@ __all__ = [
     "AtomicDetectionCheckpointer",
     "CheckedDetectionCheckpointer",
     "CheckpointEntryError",
+    "CheckpointFailedOnWorkerError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointPath",

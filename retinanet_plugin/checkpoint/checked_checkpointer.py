@@ -28,6 +28,9 @@ names a missing file                   ``CheckpointReadError`` listing every fil
 killed save
 --resume with another number of        ``CheckpointMismatchError`` naming the file, the weights and
 classes, or any other shape difference their shapes: a resumed run must be the same model
+--resume (or MODEL.WEIGHTS) that fails ``CheckpointFailedOnWorkerError`` on every worker, naming
+on one worker of several, or workers   each failed rank and its error, before the load's
+that would load different checkpoints  collective (``resume_or_load``: :mod:`.resume`)
 ====================================== ============================================================
 """
 
@@ -38,11 +41,19 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from .checkpoint_path import parse_checkpoint_path
-from .errors import CheckpointMismatchError, CheckpointReadError
+from .errors import CheckpointMismatchError
 from .reading import CAFFE2_AUTHOR, read_checkpoint_file, require_file
-from .resume import newest_readable_checkpoint, read_training_checkpoint, remove_temporary_files
+from .resume import (
+    CheckpointFailedOnWorkerError,
+    agree_on_every_worker,
+    newest_readable_checkpoint,
+    read_training_checkpoint,
+    remove_temporary_files,
+    resume_disagreement,
+)
 from .retinanet_layout import class_count
 from .weight_entries import strip_ddp_prefix, to_cpu_tensor
 from .writing import AtomicDetectionCheckpointer
@@ -171,23 +182,68 @@ class CheckedDetectionCheckpointer(AtomicDetectionCheckpointer):
         )
 
     # ------------------------------------------------------------------------------ resuming
+    def resume_choice(self, resume: bool = True) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """``(path, checkpoint dict)`` of the checkpoint that :meth:`resume_or_load` resumes from:
+        the newest readable checkpoint of ``save_dir`` (:func:`.resume.newest_readable_checkpoint`),
+        read; None when it would not resume (``resume`` False, or no ``last_checkpoint``). Raises
+        :class:`.errors.CheckpointReadError` when none reads. No collective."""
+        if not (resume and self.has_checkpoint()):
+            return None
+        read = functools.partial(read_training_checkpoint, read=self._read)
+        return newest_readable_checkpoint(self.save_dir, self.get_checkpoint_file(), read=read)
+
+    def resume_from(self, path: str, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+        """``load(path)``, everything restored (a resume), from ``checkpoint``: the dict already
+        read from ``path`` (:meth:`resume_choice`'s), which is not read again."""
+        self._read_ahead = (path, checkpoint)
+        try:
+            return self.load(path)
+        finally:
+            self._read_ahead = None
+
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Resume from the newest readable checkpoint of ``save_dir`` (see :mod:`.resume`) when
-        ``resume`` and there is one; else load the weights of ``path``."""
-        if not (resume and self.has_checkpoint()):
-            return self.load(path, checkpointables=[])
-        if self.save_to_disk and comm.is_main_process():
-            remove_temporary_files(self.save_dir)
-        read = functools.partial(read_training_checkpoint, read=self._read)
-        self._read_ahead = newest_readable_checkpoint(
-            self.save_dir, self.get_checkpoint_file(), read=read
-        )
-        chosen = self._read_ahead[0]
-        if comm.get_world_size() > 1:
-            chosen_by_rank = comm.all_gather(os.path.basename(chosen))
-            if len(set(chosen_by_rank)) > 1:
-                self._read_ahead = None
-                raise CheckpointReadError(
-                    f"the workers chose different checkpoints to resume from: {chosen_by_rank}"
-                )
-        return self.load(chosen)
+        ``resume`` and there is one; else load the weights of ``path``.
+
+        With several workers, each first finds what it would load without any collective (the
+        checkpoint it resumes from, read; or that ``path`` exists); one collective compares the
+        outcomes, and a failure or a difference on any worker raises
+        :class:`.resume.CheckpointFailedOnWorkerError` on every worker, naming the ranks and their
+        errors. Then each loads the agreed checkpoint (Detectron2's load, whose one collective
+        comes first), and a failure while loading stops every worker the same way. With one
+        worker, the same steps without a collective: each error is raised as it is."""
+        error, choice = None, None
+        try:
+            if resume and self.has_checkpoint() and self.save_to_disk and comm.is_main_process():
+                remove_temporary_files(self.save_dir)
+            choice = self.resume_choice(resume)
+            if choice is None:
+                self._require_weights(path)
+        except Exception as e:  # any failure is told to the other workers
+            error = e
+        name = None if choice is None else os.path.basename(choice[0])
+        what = "--resume" if resume else f"loading MODEL.WEIGHTS {path}"
+        problem = resume_disagreement(agree_on_every_worker(error, what, name), self.save_dir)
+        if problem:
+            raise CheckpointFailedOnWorkerError(problem)
+        error, loaded = None, None
+        try:
+            if choice is None:
+                what = f"loading MODEL.WEIGHTS {path}"
+                loaded = self.load(path, checkpointables=[])
+            else:
+                what = f"loading {choice[0]}"
+                loaded = self.resume_from(*choice)
+        except Exception as e:  # Detectron2's load has no collective after its first one
+            error = e
+        agree_on_every_worker(error, what)
+        return loaded
+
+    @staticmethod
+    def _require_weights(path: str) -> None:
+        """Raise what :meth:`load` would raise if the file of ``path`` (``MODEL.WEIGHTS``) is
+        missing, before any collective; a URL is downloaded now (the load then finds it in the
+        cache)."""
+        weights = parse_checkpoint_path(os.fspath(path) if path else "").file
+        if weights:
+            require_file(PathManager.get_local_path(weights) if "://" in weights else weights)

@@ -10,13 +10,26 @@ from .coco_backend import (
     run_coco_eval,
 )
 from .coco_evaluator import PluginCOCOEvaluator, default_evaluation_folder, evaluation_folder_name
-from .dataset_ap import evaluate_on_dataset, ground_truth_coco_dict
+from .dataset_ap import (
+    class_label,
+    coco_images_dict,
+    coco_results_for_image,
+    dataset_category_ids,
+    evaluate_on_dataset,
+    ground_truth_coco_dict,
+    score_coco_results,
+    top_detections,
+)
 
 __all__ = [
     "BACKENDS",
     "CocoBackend",
     "PluginCOCOEvaluator",
+    "class_label",
     "coco_ap_summary",
+    "coco_images_dict",
+    "coco_results_for_image",
+    "dataset_category_ids",
     "default_evaluation_folder",
     "evaluate_on_dataset",
     "evaluation_folder_name",
@@ -24,4 +37,6 @@ __all__ = [
     "ground_truth_coco_dict",
     "resolve_coco_backend",
     "run_coco_eval",
+    "score_coco_results",
+    "top_detections",
 ]

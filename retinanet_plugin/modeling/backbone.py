@@ -5,6 +5,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from .frozen_bn_folding import fold_frozen_batchnorms
+
 P6P7_INPUTS = ("res5", "p5")
 
 
@@ -15,7 +17,9 @@ def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     P3-P5 come from the FPN over ``MODEL.FPN.IN_FEATURES`` (res3-res5), each with
     ``MODEL.FPN.OUT_CHANNELS`` channels (256). P6 is a 3x3 stride-2 conv on C5 (``res5``, as
     Detectron2) or on P5 (``p5``), chosen by ``MODEL.RETINANET_PLUGIN.P6P7_INPUT``; P7 is a 3x3
-    stride-2 conv on ReLU(P6). Strides are 8, 16, 32, 64 and 128 pixels.
+    stride-2 conv on ReLU(P6). Strides are 8, 16, 32, 64 and 128 pixels. With
+    ``MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN``, frozen batch norms run folded into their
+    convolutions in eval mode.
     """
     p6p7_input = cfg.MODEL.RETINANET_PLUGIN.P6P7_INPUT
     if p6p7_input not in P6P7_INPUTS:
@@ -33,7 +37,7 @@ def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         in_channels_p6 = bottom_up.output_shape()["res5"].channels
     else:
         in_channels_p6 = out_channels
-    return FPN(
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
@@ -41,3 +45,6 @@ def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         top_block=LastLevelP6P7(in_channels_p6, out_channels, in_feature=p6p7_input),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    if cfg.MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN:
+        fold_frozen_batchnorms(fpn)
+    return fpn

@@ -29,6 +29,7 @@ from detectron2.utils import comm
 from ..utils.device_scalar_logger import DeviceScalarLogger
 from .anchor_labeling import DEFAULT_CHUNK_ELEMENTS, label_image_anchors
 from .detection_selection import DetectionSettings, select_detections, select_detections_padded
+from .execution import inference_execution
 from .head import build_retinanet_plugin_head
 from .losses import BoxRegressionLoss, ClassificationLoss, LabelledAnchors, losses_from_config
 
@@ -73,6 +74,8 @@ class RetinaNetPlugin(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
+        channels_last_inference: bool = False,
+        bfloat16_inference: bool = False,
     ):
         """
         Args:
@@ -83,6 +86,10 @@ class RetinaNetPlugin(DenseDetector):
             normalizer_ema_init, normalizer_ema_momentum: the loss normaliser, an exponential moving
                 average of the foreground-anchor count; momentum None: the batch's own count (the
                 paper's), and the saved average is left as it is.
+            channels_last_inference: in eval mode, the images (and so the activations) in
+                channels-last memory format; training keeps NCHW.
+            bfloat16_inference: in eval mode, the backbone and head under bfloat16 autocast (their
+                outputs back in float32).
             Others: as Detectron2's ``RetinaNet``.
         """
         super().__init__(
@@ -111,6 +118,8 @@ class RetinaNetPlugin(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
+        self.channels_last_inference = channels_last_inference
+        self.bfloat16_inference = bfloat16_inference
         # Saved in checkpoints so a resumed run continues with the same normaliser.
         self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
         self._metrics = DeviceScalarLogger()
@@ -147,6 +156,7 @@ class RetinaNetPlugin(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
+            **inference_execution(cfg),
         }
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -181,9 +191,22 @@ class RetinaNetPlugin(DenseDetector):
             anchors: per level i, ``Boxes`` of [R_i, 4] XYXY pixels.
             logits, deltas: per level, [N, R_i, K] class logits and [N, R_i, 4] box deltas.
         """
+        if self.channels_last_inference and not self.training:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.bfloat16_inference and not self.training and not torch.jit.is_scripting():
+            return self._bfloat16_dense_predictions(images)
         features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
         return self.dense_outputs(features, self.head(features))
+
+    @torch.jit.unused
+    def _bfloat16_dense_predictions(self, images: Tensor) -> DensePredictions:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            features = self.backbone(images)
+            features = [features[f] for f in self.head_in_features]
+            predictions = self.head(features)
+        predictions = [[p.float() for p in outputs] for outputs in predictions]
+        return self.dense_outputs(features, predictions)
 
     def dense_outputs(
         self, features: List[Tensor], predictions: List[List[Tensor]]

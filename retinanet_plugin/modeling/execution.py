@@ -1,0 +1,32 @@
+"""How inference runs: the memory format and precision that ``MODEL.RETINANET_PLUGIN`` asks for,
+resolved once, when the model is built, for its device and CPU."""
+
+from typing import Dict
+
+import torch
+
+from ..env import cpu_has_native_bfloat16
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
+
+__all__ = ["INFERENCE_DTYPES", "MEMORY_FORMATS", "inference_execution"]
+
+
+def inference_execution(cfg) -> Dict[str, bool]:
+    """``RetinaNetPlugin``'s ``channels_last_inference`` and ``bfloat16_inference`` from
+    ``MEMORY_FORMAT`` and ``INFERENCE_DTYPE`` ("auto": channels-last on the CPU; bfloat16 on a CPU
+    with bfloat16 instructions); a value outside their choices is an error naming the key."""
+    plugin = cfg.MODEL.RETINANET_PLUGIN
+    for key, choices in (("MEMORY_FORMAT", MEMORY_FORMATS), ("INFERENCE_DTYPE", INFERENCE_DTYPES)):
+        if plugin.get(key) not in choices:
+            raise ValueError(
+                f"MODEL.RETINANET_PLUGIN.{key} must be one of {choices}, got {plugin.get(key)!r}"
+            )
+    on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    return {
+        "channels_last_inference": plugin.MEMORY_FORMAT == "channels_last"
+        or (plugin.MEMORY_FORMAT == "auto" and on_cpu),
+        "bfloat16_inference": plugin.INFERENCE_DTYPE == "bfloat16"
+        or (plugin.INFERENCE_DTYPE == "auto" and on_cpu and cpu_has_native_bfloat16()),
+    }
