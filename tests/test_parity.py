@@ -34,12 +34,11 @@ DETECTRON2_CONFIG = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
 TOLERANCE = 1e-4
 # Folded frozen norms and channels-last convolutions round differently: the detections are the same
 # (counts, classes), boxes and scores equal to float rounding through ~60 layers (measured on R50:
-# 0.0074 px and 6.4e-5 folded, 0.015 px and 7.4e-5 folded and channels-last). plugin_cfg runs the
-# convolutions in Detectron2's memory format (NCHW) unless told otherwise.
+# 0.0074 px and 6.4e-5 folded and NCHW, 0.015 px and 7.4e-5 folded and channels-last). plugin_cfg
+# runs the convolutions in Detectron2's memory format (NCHW) unless told otherwise.
 UNFOLDED = ["MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN", "False"]
 EXECUTION_MODES = {
     "as_detectron2": (UNFOLDED, TOLERANCE, TOLERANCE),
-    "folded": ([], 0.05, 5e-4),
     # the defaults on the CPU: folded, channels-last activations at inference
     "defaults": (["MODEL.RETINANET_PLUGIN.MEMORY_FORMAT", "auto"], 0.05, 5e-4),
 }
