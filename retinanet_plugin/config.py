@@ -119,7 +119,8 @@ def _add_execution_keys(node: CN) -> None:
     # torch.autocast; anchors, decoding and NMS stay float32; the scores and boxes move by about
     # bfloat16's 3 significant digits); or "auto": bfloat16 when MODEL.DEVICE is a CPU with
     # bfloat16 instructions (AMX-BF16 or AVX512-BF16: `python -m retinanet_plugin.env` says),
-    # float32 otherwise. Training precision is SOLVER.AMP's.
+    # float32 otherwise. Training precision is SOLVER.AMP's. TorchScript, traced and exported models
+    # (retinanet_plugin.export, predict.py --backend onnxruntime) run float32 either way.
     node.INFERENCE_DTYPE = "float32"
 
 

@@ -239,3 +239,28 @@ def test_bfloat16_inference_stays_near_float32(reference_model):
             same_class = confident.pred_classes[:, None] == b.pred_classes[None, :]
             found += int(((iou >= 0.5) & same_class).any(dim=1).sum())
     assert confident_count >= 5 and found >= 0.8 * confident_count, (found, confident_count)
+
+
+def test_traced_models_run_float32_even_with_bfloat16_inference(reference_model):
+    """Exports trace the model: with INFERENCE_DTYPE bfloat16 the traced graph is float32 (what
+    ONNX Runtime and TorchScript get), while eager inference is bfloat16."""
+    bf16 = ["MODEL.RETINANET_PLUGIN.INFERENCE_DTYPE", "bfloat16"]
+    model = _model(True, "auto", weights_from=reference_model, overrides=bf16).eval()
+    float32 = _model(True, "auto", weights_from=reference_model).eval()
+    images = model.preprocess_image(_inference_inputs()).tensor
+    with torch.no_grad():
+        traced = torch.jit.trace(_FirstLogits(model), images)
+        expected = float32.dense_predictions(images)[1][0]
+        torch.testing.assert_close(traced(images), expected)
+        assert not torch.allclose(model.dense_predictions(images)[1][0], expected)
+
+
+class _FirstLogits(torch.nn.Module):
+    """The model's class logits of the first level, as a module that tracing can hold."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.dense_predictions(images)[1][0]

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 def default_workers() -> int:
     """Decoding processes by default: 2, or fewer on a machine with fewer usable cores."""
-    return min(2, len(os.sched_getaffinity(0)))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None  # Linux only
+    return min(2, len(usable) if usable else (os.cpu_count() or 1))
 
 
 def image_files(patterns: Sequence[str]) -> List[str]:

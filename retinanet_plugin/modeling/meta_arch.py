@@ -193,8 +193,10 @@ class RetinaNetPlugin(DenseDetector):
         """
         if self.channels_last_inference and not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.bfloat16_inference and not self.training and not torch.jit.is_scripting():
-            return self._bfloat16_dense_predictions(images)
+        if not torch.jit.is_scripting():  # scripted, traced and exported models run float32
+            tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+            if self.bfloat16_inference and not self.training and not tracing:
+                return self._bfloat16_dense_predictions(images)
         features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
         return self.dense_outputs(features, self.head(features))
