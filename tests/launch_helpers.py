@@ -18,6 +18,8 @@ import pytest
 
 from conftest import REPO_ROOT
 
+from retinanet_plugin.engine.launching import ENVIRONMENT_VARIABLES
+
 __all__ = [
     "CONFIG",
     "CURVE_ITERATIONS",
@@ -234,14 +236,7 @@ def run_launch(
         RELIABILITY_RANKS=str(out_dir / "ranks"),
         **env,
     )
-    for name in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ):
+    for name in ENVIRONMENT_VARIABLES:
         environment.pop(name, None)  # a launcher of the test run itself must not leak in
     log_paths = [out_dir / f"launcher{i}.log" for i in range(len(commands))]
     used = resource.getrusage(resource.RUSAGE_CHILDREN)

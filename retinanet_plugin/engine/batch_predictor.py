@@ -13,27 +13,12 @@ from ..checkpoint import CheckedDetectionCheckpointer
 INPUT_FORMATS = ("RGB", "BGR")
 
 
-class BatchPredictor:
-    """Like Detectron2's ``DefaultPredictor`` (the model of ``cfg`` in eval mode with
-    ``cfg.MODEL.WEIGHTS``, ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, BGR
-    input converted to ``INPUT.FORMAT``), but called with a list of images, which go through the
-    model in one forward.
-
-    In a batch, images are padded to the largest one (rounded up to the backbone's size
-    divisibility). Images whose padded size equals the batch's get the detections
-    ``DefaultPredictor`` gives them, up to float rounding; a smaller image gets zero padding further
-    out, which changes the features near its bottom and right borders (the convolutions see padding
-    where alone they saw the tensor's edge), and so can change its detections. Weights are loaded
-    with the plugin's checkpointer: a missing or unreadable file is an error naming it.
-    """
+class Preprocessing:
+    """``DefaultPredictor``'s preprocessing without a model:
+    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` and BGR input converted to
+    ``INPUT.FORMAT`` (``BatchPredictor`` and the ONNX Runtime backend share it)."""
 
     def __init__(self, cfg):
-        self.cfg = cfg.clone()  # cfg can be modified by model
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if len(cfg.DATASETS.TEST):
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        CheckedDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
@@ -61,6 +46,30 @@ class BatchPredictor:
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
         return {"image": image, "height": height, "width": width}
+
+
+class BatchPredictor(Preprocessing):
+    """Like Detectron2's ``DefaultPredictor`` (the model of ``cfg`` in eval mode with
+    ``cfg.MODEL.WEIGHTS``, ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, BGR
+    input converted to ``INPUT.FORMAT``), but called with a list of images, which go through the
+    model in one forward.
+
+    In a batch, images are padded to the largest one (rounded up to the backbone's size
+    divisibility). Images whose padded size equals the batch's get the detections
+    ``DefaultPredictor`` gives them, up to float rounding; a smaller image gets zero padding further
+    out, which changes the features near its bottom and right borders (the convolutions see padding
+    where alone they saw the tensor's edge), and so can change its detections. Weights are loaded
+    with the plugin's checkpointer: a missing or unreadable file is an error naming it.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()  # cfg can be modified by model
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        CheckedDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+        super().__init__(cfg)
 
     def __call__(self, original_images: Sequence[np.ndarray]) -> List[Dict]:
         """

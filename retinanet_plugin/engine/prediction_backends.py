@@ -32,7 +32,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from tqdm import tqdm
 
@@ -46,7 +45,7 @@ from ..export import (
     save_onnx,
 )
 from ..evaluation.dataset_ap import class_label, top_detections
-from .batch_predictor import INPUT_FORMATS, BatchPredictor
+from .batch_predictor import BatchPredictor, Preprocessing
 from .image_stream import ImageStream, StreamedImage
 from .tiled_inference import TiledPredictor
 
@@ -90,24 +89,6 @@ class PyTorchBackend(PredictorBackend):
 
     def __init__(self, cfg, make_predictor=BatchPredictor):
         super().__init__(make_predictor(cfg), "pytorch")
-
-
-class Preprocessing:
-    """``DefaultPredictor``'s preprocessing without a model: ``BatchPredictor.prepare`` itself, on
-    the two settings it reads (the test-time resize and ``INPUT.FORMAT``), built from ``cfg`` as
-    ``BatchPredictor`` builds them."""
-
-    prepare = BatchPredictor.prepare
-
-    def __init__(self, cfg):
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in INPUT_FORMATS:
-            raise ValueError(
-                f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {self.input_format!r}"
-            )
 
 
 class OnnxRuntimeBackend:
