@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -212,12 +213,27 @@ class BuildPyWithConfigs(build_py):
         shutil.copytree(os.path.join(HERE, "configs"), target)
 
 
+def _build_ext_in_build_folder(build_extension):
+    """torch's ``BuildExtension``, compiling into ``build/temp.<platform>-<cache tag>`` whatever the
+    command: pip's editable install would compile into a temporary folder and delete it, so that
+    every ``make build`` and every wheel after it compiled everything again. With one folder, ninja
+    recompiles only what changed (sources, flags) between editable installs, wheels and rebuilds."""
+
+    class BuildExtInBuildFolder(build_extension):
+        def finalize_options(self):
+            super().finalize_options()
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            self.build_temp = os.path.join(HERE, "build", f"temp.{tag}")
+
+    return BuildExtInBuildFolder.with_options(no_python_abi_suffix=False)
+
+
 def _cmdclass():
     cmdclass = {"build_py": BuildPyWithConfigs}
     try:
         from torch.utils.cpp_extension import BuildExtension
 
-        cmdclass["build_ext"] = BuildExtension.with_options(no_python_abi_suffix=False)
+        cmdclass["build_ext"] = _build_ext_in_build_folder(BuildExtension)
     except ImportError:  # metadata-only commands without torch
         pass
     return cmdclass

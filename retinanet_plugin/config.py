@@ -99,6 +99,14 @@ def _add_training_keys(node: CN) -> None:
     # object is neither object nor background); boxes with more left are clipped and trained on,
     # boxes with nothing left are dropped. 0: clip and keep all.
     node.CROP_MIN_VISIBLE_FRACTION = 0.5
+    # An exponential moving average of the weights (engine/weight_averaging.py), for short training
+    # runs from scratch: updated after each iteration with decay DECAY * (1 - exp(-t / RAMP_ITERS))
+    # at iteration t; checkpoints carry it, and after the last iteration the model takes it (the
+    # final checkpoint and the final evaluation are the average).
+    node.EMA = CN()
+    node.EMA.ENABLED = False
+    node.EMA.DECAY = 0.999
+    node.EMA.RAMP_ITERS = 200.0
 
 
 def _add_execution_keys(node: CN) -> None:

@@ -117,7 +117,7 @@ def eager_run(checkpoint, dataset, tmp_path_factory):
 class GroundTruthPredictor:
     """A stand-in for the model: each image's ground-truth boxes (found by its pixels) with
     decreasing scores, plus two false positives: one of class 0 scored above them all, one of
-    class 1 scored below the tool's default --confidence-threshold (0.3)."""
+    class 1 scored below the tool's default --confidence-threshold (0.5)."""
 
     def __init__(self, cfg):
         params = SyntheticShapesParams()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.layers import ShapeSpec
 from detectron2.config import get_cfg
 from detectron2.modeling import (
     ANCHOR_GENERATOR_REGISTRY,
@@ -170,6 +171,68 @@ def test_backbone_depths(small_cfg, depth):
         (2, 2),
         (1, 1),
     ]
+
+
+def test_basic_block_resnets_of_width_64_are_detectron2s_own(small_cfg):
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from retinanet_plugin.modeling.resnet import build_resnet
+
+    for depth in (18, 50):
+        cfg = small_cfg(depth=depth)
+        torch.manual_seed(0)
+        ours = build_resnet(cfg, ShapeSpec(channels=3))
+        torch.manual_seed(0)
+        reference = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+        ours_state, reference_state = ours.state_dict(), reference.state_dict()
+        assert list(ours_state) == list(reference_state)
+        assert all(torch.equal(ours_state[k], reference_state[k]) for k in ours_state)
+
+
+def test_narrow_r18_has_the_widths_asked_for_and_the_same_layout(small_cfg):
+    from detectron2.modeling import build_backbone
+
+    narrow_cfg = small_cfg(
+        depth=18, **{"MODEL.RESNETS.RES2_OUT_CHANNELS": 32, "MODEL.RESNETS.STEM_OUT_CHANNELS": 16}
+    )
+    narrow, wide = build_backbone(narrow_cfg), build_backbone(small_cfg(depth=18))
+    shapes = narrow.bottom_up.output_shape()
+    assert {k: v.channels for k, v in shapes.items()} == {"res3": 64, "res4": 128, "res5": 256}
+    assert narrow.bottom_up.stem.conv1.out_channels == 16
+    # the same modules under the same names: only the widths differ (res2's first block gets a
+    # shortcut, its input having 16 channels)
+    narrow_names = set(narrow.state_dict()) - {
+        n for n in narrow.state_dict() if "res2.0.shortcut" in n
+    }
+    assert narrow_names == set(wide.state_dict())
+    params = sum(p.numel() for p in narrow.bottom_up.parameters())
+    wide_params = sum(p.numel() for p in wide.bottom_up.parameters())
+    assert params < wide_params / 3.5
+    out = narrow(torch.zeros(1, 3, 128, 128))
+    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [
+        (16, 16),
+        (8, 8),
+        (4, 4),
+        (2, 2),
+        (1, 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("MODEL.RESNETS.RES2_OUT_CHANNELS", 0, "RES2_OUT_CHANNELS must be positive"),
+        ("MODEL.RESNETS.RES5_DILATION", 2, "RES5_DILATION must be 1 for R18"),
+        ("MODEL.RESNETS.NUM_GROUPS", 2, "NUM_GROUPS must be 1 for R18"),
+        ("MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, True, False, False], "DEFORM_ON"),
+    ],
+)
+def test_narrow_r18_refuses_what_basic_blocks_do_not_have(small_cfg, key, value, message):
+    from detectron2.modeling import build_backbone
+
+    overrides = {"MODEL.RESNETS.RES2_OUT_CHANNELS": 32, key: value}
+    with pytest.raises(ValueError, match=message):
+        build_backbone(small_cfg(depth=18, **overrides))
 
 
 def test_p6_from_p5_option(small_cfg):

@@ -113,8 +113,9 @@ def _add_task_args(add):
     add(
         "--confidence-threshold",
         type=float,
-        default=0.3,
-        help="lowest score drawn and written to detections.json (coco_results.json has all)",
+        default=0.5,
+        help="lowest score drawn and written to detections.json (coco_results.json has all); "
+        "0.5 as Detectron2's demo",
     )
     add("--mosaic", default="", help="also write all drawn images tiled into this file")
     add("--max-images", type=int, default=0, help="use only the first N inputs (0: all)")

@@ -22,6 +22,7 @@ from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
 from .finite_checks import finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
 from .train_loops import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
+from .weight_averaging import WeightAverage, with_weight_average_hook
 
 
 def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,13 +68,21 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         self.checkpointer = CheckedDetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+        self.weight_average = None
+        if cfg.MODEL.RETINANET_PLUGIN.EMA.ENABLED:
+            ema = cfg.MODEL.RETINANET_PLUGIN.EMA
+            self.weight_average = WeightAverage(model, ema.DECAY, ema.RAMP_ITERS)
+            self.checkpointer.add_checkpointable("weight_average", self.weight_average)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        return finite_weights_checkpointer_hooks(super().build_hooks())
+        hook_list = finite_weights_checkpointer_hooks(super().build_hooks())
+        if self.weight_average is not None:
+            hook_list = with_weight_average_hook(hook_list, self.weight_average)
+        return hook_list
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -3,16 +3,17 @@
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .frozen_bn_folding import fold_frozen_batchnorms
+from .resnet import build_resnet
 
 P6P7_INPUTS = ("res5", "p5")
 
 
 @BACKBONE_REGISTRY.register()
 def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's ResNet (depth 18/34/50/101/152) with an FPN giving p3-p7.
+    """Detectron2's ResNet (depth 18/34/50/101/152; R18/R34 at any width, :mod:`.resnet`) with an
+    FPN giving p3-p7.
 
     P3-P5 come from the FPN over ``MODEL.FPN.IN_FEATURES`` (res3-res5), each with
     ``MODEL.FPN.OUT_CHANNELS`` channels (256). P6 is a 3x3 stride-2 conv on C5 (``res5``, as
@@ -26,7 +27,7 @@ def build_retinanet_plugin_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         raise ValueError(
             f"MODEL.RETINANET_PLUGIN.P6P7_INPUT must be one of {P6P7_INPUTS}, got {p6p7_input!r}"
         )
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+    bottom_up = build_resnet(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     if p6p7_input == "res5":
         if "res5" not in bottom_up.output_shape():
