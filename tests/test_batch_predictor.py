@@ -29,7 +29,9 @@ from test_export import (
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOLERANCE = {"boxes": 1e-4, "scores": 1e-6}
+# float32 rounding: a batch pads images to one size and its convolutions sum in another order;
+# 2.5e-4 px is 1e-6 of the 256 px the boxes reach
+TOLERANCE = {"boxes": 2.5e-4, "scores": 1e-6}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +188,7 @@ def test_predict_tool_gives_the_same_detections_for_any_batch_size(checkpoint, t
         assert a["classes"] == b["classes"] and len(a["classes"]) >= 20
         assert (
             max(abs(x - y) for p, q in zip(a["boxes_xyxy"], b["boxes_xyxy"]) for x, y in zip(p, q))
-            <= 1e-4
+            <= TOLERANCE["boxes"]
         )
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
         predict.main(

@@ -13,7 +13,9 @@ own resolution), moves the detections to image coordinates and merges them:
    ``cut_cover`` of it: the object lies whole in that tile, which the overlap ensures for objects
    smaller than the overlap;
 2. class-aware NMS across all tiles (``nms_thresh``, ``MODEL.RETINANET.NMS_THRESH_TEST`` by default)
-   removes the duplicates of objects seen whole in two tiles;
+   removes the duplicates of objects seen whole in two tiles (with one tile there is nothing to
+   merge: its detections, which the model's own NMS made, are kept as they are; a second NMS on
+   boxes that ``detector_postprocess`` has clipped could remove some of them);
 3. the best ``max_detections`` are kept.
 
 Objects larger than the overlap are cut in every tile; their pieces may survive as separate boxes.
@@ -122,7 +124,10 @@ def merge_tile_detections(
             covered &= _area(boxes[cols])[None, :] > _area(boxes[block])[:, None]
             keep[block[covered.any(dim=1)]] = False
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    kept = batched_nms(boxes, scores, classes, nms_thresh)[:max_detections]
+    if len(per_tile) == 1:
+        kept = scores.argsort(descending=True, stable=True)[:max_detections]
+    else:
+        kept = batched_nms(boxes, scores, classes, nms_thresh)[:max_detections]
     merged.pred_boxes = Boxes(boxes[kept])
     merged.scores = scores[kept]
     merged.pred_classes = classes[kept]
