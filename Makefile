@@ -63,10 +63,16 @@ $(DEMO_OUT)/model_final.pth: $(VENV)/.plugin-built $(DEMO_CONFIG)
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) --num-gpus 1 OUTPUT_DIR $(DEMO_OUT)
 
 # Training ends with the evaluation of the final model (its AP table); when the model is up to date, the
-# table from that run's log is shown again instead of evaluating it a second time.
+# table from that run's log is shown again instead of evaluating it a second time (evaluated again when the log
+# has none, e.g. when that evaluation was interrupted).
 demo: $(DEMO_OUT)/model_final.pth
-	@echo "held-out AP of $(DEMO_OUT)/model_final.pth (from $(DEMO_OUT)/log.txt):"
-	@grep "copypaste:" $(DEMO_OUT)/log.txt | tail -3
+	@if grep -q "copypaste:" $(DEMO_OUT)/log.txt 2>/dev/null; then \
+		echo "held-out AP of $(DEMO_OUT)/model_final.pth (from $(DEMO_OUT)/log.txt):"; \
+		grep "copypaste:" $(DEMO_OUT)/log.txt | tail -3; \
+	else \
+		$(PY) train_net.py --config-file $(DEMO_CONFIG) --eval-only OUTPUT_DIR $(DEMO_OUT)/eval \
+			MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth; \
+	fi
 	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) --input "datasets/retinanet_synthetic_shapes/val/*" \
 		--output $(DEMO_OUT)/predictions --mosaic $(DEMO_OUT)/predictions.png --max-images 9 \
 		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth

@@ -222,7 +222,12 @@ def _build_ext_in_build_folder(build_extension):
     class BuildExtInBuildFolder(build_extension):
         def finalize_options(self):
             super().finalize_options()
-            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            # the name setuptools' build command gives build_temp
+            tag = f"{self.plat_name}-{sys.implementation.cache_tag}"
+            if sysconfig.get_config_var("Py_GIL_DISABLED"):
+                tag += "t"
+            if hasattr(sys, "gettotalrefcount"):
+                tag += "-pydebug"
             self.build_temp = os.path.join(HERE, "build", f"temp.{tag}")
 
     return BuildExtInBuildFolder.with_options(no_python_abi_suffix=False)

@@ -22,7 +22,7 @@ def test_update_follows_the_formula_and_copies_integer_buffers():
         with torch.no_grad():
             model[0].weight.add_(float(t))
         model.train()(torch.randn(5, 3))  # moves BatchNorm's running stats and counter
-        average.update(model)
+        average.update()
         d = 0.9 * (1 - math.exp(-t / 2.0))
         for name, value in model.state_dict().items():
             if value.dtype.is_floating_point:
@@ -35,8 +35,21 @@ def test_update_follows_the_formula_and_copies_integer_buffers():
     assert average.average["1.num_batches_tracked"].item() == 4
     # the average is not the model's weights, and copy_to gives it to the model
     assert not torch.equal(average.average["0.weight"], model[0].weight)
-    average.copy_to(model)
+    training_weight = model[0].weight.detach().clone()
+    average.copy_to_model()
     assert torch.equal(average.average["0.weight"], model[0].weight)
+    # the state keeps the training weights, and loading it gives them back to a model
+    state = average.state_dict()
+    assert torch.equal(state["training_weights"]["0.weight"], training_weight)
+    other = _small_model()
+    restored = WeightAverage(other, decay=0.9, ramp_iters=2.0)
+    restored.load_state_dict(state)
+    assert torch.equal(other[0].weight, training_weight) and restored.updates == 4
+    assert torch.equal(restored.average["0.weight"], average.average["0.weight"])
+    # a saved average that does not fit the model is named
+    state["average"]["0.weight"] = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="'0.weight' of shape \\(2, 3\\)"):
+        restored.load_state_dict(state)
 
 
 def test_decay_ramps_up_to_its_value_and_bad_settings_are_named():
@@ -57,12 +70,14 @@ def test_the_hook_comes_before_the_checkpointer_and_the_evaluation():
     model = _small_model()
     average = WeightAverage(model, decay=0.9, ramp_iters=1.0)
     timer = hooks.IterationTimer()
+    precise_bn = hooks.PreciseBN(0, model, [], 1)
     checkpointer = hooks.PeriodicCheckpointer(DetectionCheckpointer(model), 10)
     evaluation = hooks.EvalHook(0, lambda: {})
-    ordered = with_weight_average_hook([timer, checkpointer, evaluation], average)
+    ordered = with_weight_average_hook([timer, precise_bn, checkpointer, evaluation], average)
     assert [type(h).__name__ for h in ordered] == [
         "IterationTimer",
         "WeightAverageHook",
+        "PreciseBN",
         "PeriodicCheckpointer",
         "EvalHook",
     ]
@@ -141,6 +156,15 @@ def test_training_keeps_the_average_in_checkpoints_resumes_it_and_ends_with_it(
         assert torch.equal(value, final["weight_average"]["average"][name]), name
     model_state = trainer.model.state_dict()
     assert all(torch.equal(model_state[k], v) for k, v in final["model"].items())
+
+    # --resume from the final checkpoint (to train longer): the training weights come back, not
+    # the average
+    training_weights = final["weight_average"]["training_weights"]
+    assert any(not torch.equal(v, final["model"][k]) for k, v in training_weights.items())
+    resumed = _trainer(datasets_root, out, resume=True)
+    assert resumed.start_iter == 6
+    resumed_state = resumed.model.state_dict()
+    assert all(torch.equal(resumed_state[k], v) for k, v in training_weights.items())
 
     # --resume from the middle: the average comes back exactly, with its update count
     (out / "last_checkpoint").write_text("model_0000002.pth")

@@ -8,8 +8,10 @@ iterations later. Integer buffers (BatchNorm's counters) are copied.
 
 What it changes: every checkpoint holds the average beside the weights (``"weight_average"``), so
 ``--resume`` continues both; after the last iteration the model takes the averaged weights, so the
-final checkpoint (``model_final.pth``), the final evaluation and what is deployed from it are the
-average. Evaluations during training (``TEST.EVAL_PERIOD``) see the training weights.
+final checkpoint's model (``model_final.pth``), the final precise-BN statistics
+(``TEST.PRECISE_BN``), the final evaluation and what is deployed from it are the average (the
+training weights stay in the checkpoint's ``weight_average`` entry for ``--resume``). Evaluations
+during training (``TEST.EVAL_PERIOD``) see the training weights.
 """
 
 import math
@@ -27,7 +29,12 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class WeightAverage:
-    """The averaged state of a model (its ``state_dict`` entries); checkpointable."""
+    """The averaged state of a model (its ``state_dict`` entries); checkpointable.
+
+    After :meth:`copy_to_model` has given the model the average, the state also holds the training
+    weights it replaced (``"training_weights"``), and loading such a state puts them back into the
+    model: ``--resume`` from the final checkpoint with a larger ``SOLVER.MAX_ITER`` continues from
+    the training weights, with their optimizer state, not from the average."""
 
     def __init__(self, model: torch.nn.Module, decay: float, ramp_iters: float):
         if not 0.0 < decay < 1.0:
@@ -37,14 +44,16 @@ class WeightAverage:
                 f"MODEL.RETINANET_PLUGIN.EMA.RAMP_ITERS must be positive, got {ramp_iters}"
             )
         self.decay, self.ramp_iters = decay, ramp_iters
-        self.reset(model)
+        self.model = _unwrapped(model)
+        self.reset()
 
     @torch.no_grad()
-    def reset(self, model: torch.nn.Module) -> None:
-        """Start again from ``model``'s current state (no update counted)."""
+    def reset(self) -> None:
+        """Start again from the model's current state (no update counted)."""
         self.updates = 0
+        self.training_weights = None
         self.average: Dict[str, torch.Tensor] = {
-            name: value.detach().clone() for name, value in _unwrapped(model).state_dict().items()
+            name: value.detach().clone() for name, value in self.model.state_dict().items()
         }
 
     def current_decay(self) -> float:
@@ -52,10 +61,10 @@ class WeightAverage:
         return self.decay * (1.0 - math.exp(-(self.updates + 1) / self.ramp_iters))
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
         decay = self.current_decay()
         averaged, current = [], []
-        for name, value in _unwrapped(model).state_dict().items():
+        for name, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
                 averaged.append(self.average[name])
                 current.append(value.detach())
@@ -65,21 +74,34 @@ class WeightAverage:
         self.updates += 1
 
     @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        """Give ``model`` the averaged weights and buffers."""
-        _unwrapped(model).load_state_dict(self.average)
+    def copy_to_model(self) -> None:
+        """Give the model the averaged weights and buffers, keeping the ones they replace."""
+        self.training_weights = {
+            name: value.detach().clone() for name, value in self.model.state_dict().items()
+        }
+        self.model.load_state_dict(self.average)
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates, "average": self.average}
+        state = {"updates": self.updates, "average": self.average}
+        if self.training_weights is not None:
+            state["training_weights"] = self.training_weights
+        return state
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        missing = set(self.average) - set(state["average"])
-        if missing:
-            raise KeyError(f"the checkpoint's weight average lacks {sorted(missing)[:5]}")
-        for name, value in state["average"].items():
-            if name in self.average:
-                self.average[name].copy_(value)
+        for name, value in self.average.items():
+            saved = state["average"].get(name)
+            if saved is None or saved.shape != value.shape:
+                found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+                raise ValueError(
+                    f"the checkpoint's weight average has {name!r} {found}, the model's is of "
+                    f"shape {tuple(value.shape)}"
+                )
+            value.copy_(saved)
         self.updates = int(state["updates"])
+        self.training_weights = None
+        if "training_weights" in state:  # saved after copy_to_model: the model holds the average
+            self.model.load_state_dict(state["training_weights"])
 
 
 class WeightAverageHook(HookBase):
@@ -93,17 +115,18 @@ class WeightAverageHook(HookBase):
         # the average was made with the model, before MODEL.WEIGHTS or a checkpoint without an
         # average was loaded: start it from the weights training starts from
         if self.average.updates == 0:
-            self.average.reset(self.trainer.model)
+            self.average.reset()
 
     def after_step(self):
-        self.average.update(self.trainer.model)
+        self.average.update()
         if self.trainer.iter + 1 >= self.trainer.max_iter:
-            self.average.copy_to(self.trainer.model)
+            self.average.copy_to_model()
 
 
 def with_weight_average_hook(hook_list: list, average: WeightAverage) -> list:
-    """``hook_list`` with a :class:`WeightAverageHook` before its checkpointer and evaluation
-    hooks, so that the final checkpoint and evaluation see the averaged model."""
-    later = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+    """``hook_list`` with a :class:`WeightAverageHook` before its precise-BN, checkpointer and
+    evaluation hooks, so that the final statistics, checkpoint and evaluation are those of the
+    averaged model."""
+    later = (hooks.PreciseBN, hooks.PeriodicCheckpointer, hooks.EvalHook)
     index = next((i for i, h in enumerate(hook_list) if isinstance(h, later)), len(hook_list))
     return hook_list[:index] + [WeightAverageHook(average)] + hook_list[index:]
