@@ -157,20 +157,22 @@ def test_components_are_built_through_registries_from_yaml(small_cfg):
     assert model.anchor_matcher.allow_low_quality_matches is True
 
 
+# p3-p7 of a 128 x 128 input: strides 8 to 128
+P3_TO_P7_SIDES_OF_128_PX = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def pyramid_sides_of_a_128_px_image(backbone):
+    out = backbone(torch.zeros(1, 3, 128, 128))
+    return [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")]
+
+
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_backbone_depths(small_cfg, depth):
     from detectron2.modeling import build_backbone
 
     cfg = small_cfg(depth=depth)
     backbone = build_backbone(cfg)
-    out = backbone(torch.zeros(1, 3, 128, 128))
-    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [
-        (16, 16),
-        (8, 8),
-        (4, 4),
-        (2, 2),
-        (1, 1),
-    ]
+    assert pyramid_sides_of_a_128_px_image(backbone) == P3_TO_P7_SIDES_OF_128_PX
 
 
 def test_basic_block_resnets_of_width_64_are_detectron2s_own(small_cfg):
@@ -208,14 +210,7 @@ def test_narrow_r18_has_the_widths_asked_for_and_the_same_layout(small_cfg):
     params = sum(p.numel() for p in narrow.bottom_up.parameters())
     wide_params = sum(p.numel() for p in wide.bottom_up.parameters())
     assert params < wide_params / 3.5
-    out = narrow(torch.zeros(1, 3, 128, 128))
-    assert [tuple(out[k].shape[-2:]) for k in ("p3", "p4", "p5", "p6", "p7")] == [
-        (16, 16),
-        (8, 8),
-        (4, 4),
-        (2, 2),
-        (1, 1),
-    ]
+    assert pyramid_sides_of_a_128_px_image(narrow) == P3_TO_P7_SIDES_OF_128_PX
 
 
 @pytest.mark.parametrize(

@@ -52,9 +52,10 @@ class WeightAverage:
         """Start again from the model's current state (no update counted)."""
         self.updates = 0
         self.training_weights = None
-        self.average: Dict[str, torch.Tensor] = {
-            name: value.detach().clone() for name, value in self.model.state_dict().items()
-        }
+        self.average = self._model_state_copy()
+
+    def _model_state_copy(self) -> Dict[str, torch.Tensor]:
+        return {name: value.detach().clone() for name, value in self.model.state_dict().items()}
 
     def current_decay(self) -> float:
         """``d_t`` of the next update."""
@@ -76,9 +77,7 @@ class WeightAverage:
     @torch.no_grad()
     def copy_to_model(self) -> None:
         """Give the model the averaged weights and buffers, keeping the ones they replace."""
-        self.training_weights = {
-            name: value.detach().clone() for name, value in self.model.state_dict().items()
-        }
+        self.training_weights = self._model_state_copy()
         self.model.load_state_dict(self.average)
 
     def state_dict(self) -> dict:
