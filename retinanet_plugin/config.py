@@ -130,6 +130,13 @@ def _add_execution_keys(node: CN) -> None:
     # float32 otherwise. Training precision is SOLVER.AMP's. TorchScript, traced and exported models
     # (retinanet_plugin.export, predict.py --backend onnxruntime) run float32 either way.
     node.INFERENCE_DTYPE = "float32"
+    # torch.compile of the backbone and head at inference (eval mode, eager PyTorch): "none", or one
+    # of torch.compile's modes ("default", "reduce-overhead", "max-autotune",
+    # "max-autotune-no-cudagraphs"). Warm-up: the first image compiles (tens of seconds on a CPU,
+    # longer for "max-autotune"), and so does the first image of a second size (after which the
+    # sizes are dynamic); later calls reuse the compiled code. Post-processing (thresholds, NMS),
+    # training, TorchScript and the exporters run eager either way.
+    node.COMPILE = "none"
 
 
 def _add_dataset_keys(cfg) -> None:

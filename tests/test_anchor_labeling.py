@@ -39,10 +39,11 @@ def _anchor_grid(stride=32, sizes=(32.0, 64.0, 128.0, 256.0), ratios=(0.5, 1.0, 
     return torch.cat(cells)
 
 
+@pytest.mark.parametrize("sync_free", [True, False])
 @pytest.mark.parametrize("low_quality", [True, False])
 @pytest.mark.parametrize("num_gt", [1, 7, 500])
 @pytest.mark.parametrize("anchors_per_block", [997, 1 << 20])  # several uneven blocks; one block
-def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_quality):
+def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_quality, sync_free):
     g = torch.Generator().manual_seed(num_gt)
     anchors = _anchor_grid()
     chunk_elements = anchors_per_block * num_gt
@@ -54,7 +55,9 @@ def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_
         gt[1] = gt[2]
     matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=low_quality)
     expected_idxs, expected_labels = matcher(pairwise_iou(Boxes(gt), Boxes(anchors)))
-    matched_idxs, match_labels = match_anchors(gt, anchors, matcher, chunk_elements=chunk_elements)
+    matched_idxs, match_labels = match_anchors(
+        gt, anchors, matcher, chunk_elements=chunk_elements, sync_free=sync_free
+    )
     assert torch.equal(match_labels, expected_labels)
     assert torch.equal(matched_idxs, expected_idxs)
     assert set(match_labels.unique().tolist()) == ({-1, 0, 1} if num_gt > 1 else {0, 1})
@@ -70,6 +73,45 @@ def test_match_anchors_low_quality_ignores_boxes_that_overlap_nothing():
     assert torch.equal(labels, without_far_box)
     _, detectron2_labels = matcher(pairwise_iou(Boxes(gt), Boxes(anchors)))
     assert (detectron2_labels == 1).sum() > 0.9 * len(anchors)  # what the Matcher does instead
+
+
+def test_low_quality_rule_over_blocks_syncs_only_where_asked():
+    """Several blocks: the sync-free form (CUDA's default) reads nothing on the host and computes
+    every IoU twice; the CPU's default recomputes only the IoUs of the boxes whose maximum lies in
+    a block (it reads which with ``tolist``), with the same labels."""
+    g = torch.Generator().manual_seed(5)
+    anchors, gt = _anchor_grid(), _random_boxes(200, g)
+    matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+    computed = {}
+    labels = {}
+    for sync_free in (True, False):
+        recorder, counter = HostSyncRecorder(), IouCounter()
+        with recorder, counter:
+            labels[sync_free] = match_anchors(
+                gt, anchors, matcher, chunk_elements=200 * 512, sync_free=sync_free
+            )[1]
+        computed[sync_free] = counter.divisions
+        if sync_free:
+            assert recorder.calls == []
+    assert torch.equal(labels[True], labels[False])
+    # the first pass computes 200 x R IoUs; the second all of them again, or a small part
+    first_pass = 200 * len(anchors)
+    assert computed[True] == 2 * first_pass
+    assert first_pass < computed[False] < 1.1 * first_pass
+
+
+class IouCounter(TorchDispatchMode):
+    """Counts the elements of every division (pairwise_iou divides once per IoU value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.divisions = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._schema.name == "aten::div":
+            self.divisions += out.numel()
+        return out
 
 
 def test_match_anchors_never_holds_the_whole_iou_matrix():

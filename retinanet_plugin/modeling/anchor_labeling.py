@@ -1,14 +1,15 @@
-"""Anchor labelling by IoU with bounded memory and no host synchronisation.
+"""Anchor labelling by IoU with bounded memory and, on CUDA, no host synchronisation.
 
 Detectron2's ``Matcher`` takes the whole [G, R] IoU matrix (G ground-truth boxes, R anchors: about
 200k anchors at 800x1333, so 500 boxes make a 400 MB matrix plus the temporaries of
 ``pairwise_iou``), and labels anchors with boolean-mask assignments and ``nonzero``, which
 synchronise the host with the GPU. :func:`match_anchors` gives the same result as ``Matcher`` (same
 thresholds, labels and low-quality rule, read from a ``Matcher``) working on blocks of anchors of at
-most ``chunk_elements`` IoU values, and with ``torch.where`` only.
+most ``chunk_elements`` IoU values, and with ``torch.where`` only (on the CPU, where reading a
+value costs the host nothing, the low-quality rule reads which blocks to look at again).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ def match_anchors(
     anchors: Tensor,
     matcher: Matcher,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    sync_free: Optional[bool] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Match each anchor to the ground-truth box it overlaps most, as ``matcher(pairwise_iou(gt,
     anchors))`` does.
@@ -39,7 +41,12 @@ def match_anchors(
         anchors: [R, 4] XYXY pixels.
         matcher: gives ``thresholds``, ``labels`` and ``allow_low_quality_matches``.
         chunk_elements: most IoU values held at once (anchors are processed in blocks of
-            ``chunk_elements // G``); the low-quality rule then needs a second pass over the blocks.
+            ``chunk_elements // G``); with several blocks, the low-quality rule needs a second look
+            at the IoUs (:func:`_best_for_some_box`).
+        sync_free: how that second look is taken when there are several blocks: True, every
+            block's IoUs again, with no host synchronisation; False, only the (block, box) pairs
+            where the box has its maximum, which the host reads first (far less work: each box has
+            its maximum in one block or a few). None: True for CUDA tensors, False otherwise.
     Returns:
         matched_idxs: [R] int64, index of the best ground truth of each anchor.
         match_labels: [R] int8, the matcher's label (1 foreground, 0 background, -1 ignored by
@@ -58,14 +65,14 @@ def match_anchors(
     gt = Boxes(gt_boxes)
     best_iou = anchors.new_empty(num_anchors)
     matched_idxs = torch.empty(num_anchors, dtype=torch.int64, device=anchors.device)
-    best_iou_per_gt = anchors.new_zeros(num_gt)
     blocks = list(_anchor_blocks(num_anchors, num_gt, chunk_elements))
+    block_maxima = []  # per block, each box's largest IoU there: [G]
     single_block_iou = None
     for start, end in blocks:
         iou = pairwise_iou(gt, Boxes(anchors[start:end]))  # [G, block]
         best_iou[start:end], matched_idxs[start:end] = iou.max(dim=0)
         if matcher.allow_low_quality_matches:
-            best_iou_per_gt = torch.maximum(best_iou_per_gt, iou.max(dim=1).values)
+            block_maxima.append(iou.max(dim=1).values)
         if len(blocks) == 1:
             single_block_iou = iou
 
@@ -77,27 +84,49 @@ def match_anchors(
         )
 
     if matcher.allow_low_quality_matches:
+        if sync_free is None:
+            sync_free = anchors.is_cuda
         best_for_some_gt = _best_for_some_box(
-            gt, anchors, blocks, best_iou_per_gt, single_block_iou
+            gt, anchors, blocks, torch.stack(block_maxima), single_block_iou, sync_free
         )
         match_labels = torch.where(best_for_some_gt, torch.ones_like(match_labels), match_labels)
     return matched_idxs, match_labels
 
 
 def _best_for_some_box(
-    gt: Boxes, anchors: Tensor, blocks, best_iou_per_gt: Tensor, single_block_iou
+    gt: Boxes,
+    anchors: Tensor,
+    blocks,
+    block_maxima: Tensor,
+    single_block_iou: Optional[Tensor],
+    sync_free: bool,
 ) -> Tensor:
     """[R] bool: the anchors that are some box's best (ties included), which the low-quality rule
-    makes foreground, as ``Matcher.set_low_quality_matches_`` does; the IoUs are recomputed block by
-    block (or reused when there was a single block). A box whose best IoU is 0 promotes nothing."""
-    reference = best_iou_per_gt.masked_fill(best_iou_per_gt <= 0, float("inf"))[:, None]
-    result = torch.empty(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-    for start, end in blocks:
-        if single_block_iou is not None:
-            iou = single_block_iou
-        else:
+    makes foreground, as ``Matcher.set_low_quality_matches_`` does. A box whose best IoU is 0
+    promotes nothing.
+
+    ``block_maxima`` [B, G]: each box's largest IoU in each block. With one block its IoUs are
+    reused; else they are recomputed, for every box in every block (``sync_free``) or only for the
+    boxes whose maximum lies in the block. Each recomputed IoU is the same elementwise expression
+    of the same two boxes as in the first pass, so it equals that pass's value exactly, and the
+    comparison with the maximum finds the same ties."""
+    best_iou_per_gt = block_maxima.max(dim=0).values
+    reference = best_iou_per_gt.masked_fill(best_iou_per_gt <= 0, float("inf"))  # [G]
+    if single_block_iou is not None:
+        return (single_block_iou == reference[:, None]).any(dim=0)
+    result = torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    if sync_free:
+        for start, end in blocks:
             iou = pairwise_iou(gt, Boxes(anchors[start:end]))
-        result[start:end] = (iou == reference).any(dim=0)
+            result[start:end] = (iou == reference[:, None]).any(dim=0)
+        return result
+    holds_maximum = (block_maxima == reference).tolist()  # [B][G], read by the host
+    for (start, end), holds in zip(blocks, holds_maximum):
+        boxes = [g for g, h in enumerate(holds) if h]
+        if boxes:
+            index = torch.tensor(boxes, device=anchors.device)
+            iou = pairwise_iou(Boxes(gt.tensor[index]), Boxes(anchors[start:end]))
+            result[start:end] = (iou == reference[index, None]).any(dim=0)
     return result
 
 

@@ -1,7 +1,7 @@
-"""How inference runs: the memory format and precision that ``MODEL.RETINANET_PLUGIN`` asks for,
-resolved once, when the model is built, for its device and CPU."""
+"""How inference runs: the memory format, precision and compilation that ``MODEL.RETINANET_PLUGIN``
+asks for, resolved once, when the model is built, for its device and CPU."""
 
-from typing import Dict
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -9,16 +9,23 @@ from ..env import cpu_has_native_bfloat16
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
+# "none", then torch.compile's modes
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-__all__ = ["INFERENCE_DTYPES", "MEMORY_FORMATS", "inference_execution"]
+__all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "inference_execution"]
 
 
-def inference_execution(cfg) -> Dict[str, bool]:
-    """``RetinaNetPlugin``'s ``channels_last_inference`` and ``bfloat16_inference`` from
-    ``MEMORY_FORMAT`` and ``INFERENCE_DTYPE`` ("auto": channels-last on the CPU; bfloat16 on a CPU
-    with bfloat16 instructions); a value outside their choices is an error naming the key."""
+def inference_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
+    """``RetinaNetPlugin``'s ``channels_last_inference``, ``bfloat16_inference`` and
+    ``compile_mode`` from ``MEMORY_FORMAT``, ``INFERENCE_DTYPE`` ("auto": channels-last on the CPU;
+    bfloat16 on a CPU with bfloat16 instructions) and ``COMPILE`` ("none": None); a value outside
+    their choices is an error naming the key."""
     plugin = cfg.MODEL.RETINANET_PLUGIN
-    for key, choices in (("MEMORY_FORMAT", MEMORY_FORMATS), ("INFERENCE_DTYPE", INFERENCE_DTYPES)):
+    for key, choices in (
+        ("MEMORY_FORMAT", MEMORY_FORMATS),
+        ("INFERENCE_DTYPE", INFERENCE_DTYPES),
+        ("COMPILE", COMPILE_MODES),
+    ):
         if plugin.get(key) not in choices:
             raise ValueError(
                 f"MODEL.RETINANET_PLUGIN.{key} must be one of {choices}, got {plugin.get(key)!r}"
@@ -29,4 +36,5 @@ def inference_execution(cfg) -> Dict[str, bool]:
         or (plugin.MEMORY_FORMAT == "auto" and on_cpu),
         "bfloat16_inference": plugin.INFERENCE_DTYPE == "bfloat16"
         or (plugin.INFERENCE_DTYPE == "auto" and on_cpu and cpu_has_native_bfloat16()),
+        "compile_mode": None if plugin.COMPILE == "none" else plugin.COMPILE,
     }

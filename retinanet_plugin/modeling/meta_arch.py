@@ -76,6 +76,7 @@ class RetinaNetPlugin(DenseDetector):
         input_format: str = "BGR",
         channels_last_inference: bool = False,
         bfloat16_inference: bool = False,
+        compile_mode: Optional[str] = None,
     ):
         """
         Args:
@@ -90,6 +91,8 @@ class RetinaNetPlugin(DenseDetector):
                 channels-last memory format; training keeps NCHW.
             bfloat16_inference: in eval mode, the backbone and head under bfloat16 autocast (their
                 outputs back in float32).
+            compile_mode: in eval mode, the backbone and head run as one ``torch.compile``d function
+                in this mode (e.g. "default", "max-autotune"), compiled here once; None: eager.
             Others: as Detectron2's ``RetinaNet``.
         """
         super().__init__(
@@ -120,6 +123,14 @@ class RetinaNetPlugin(DenseDetector):
         self.input_format = input_format
         self.channels_last_inference = channels_last_inference
         self.bfloat16_inference = bfloat16_inference
+        self.compile_mode = compile_mode
+        # What eval mode runs for the backbone and head, chosen once: called as f(self, images). A
+        # function of the class, not a bound method, so that a copy of the model runs its own
+        # weights (dynamo guards on the module it is given).
+        network = type(self).network_outputs
+        self._eval_network = (
+            network if compile_mode is None else torch.compile(network, mode=compile_mode)
+        )
         # Saved in checkpoints so a resumed run continues with the same normaliser.
         self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
         self._metrics = DeviceScalarLogger()
@@ -193,20 +204,28 @@ class RetinaNetPlugin(DenseDetector):
         """
         if self.channels_last_inference and not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
-        if not torch.jit.is_scripting():  # scripted, traced and exported models run float32
-            tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-            if self.bfloat16_inference and not self.training and not tracing:
-                return self._bfloat16_dense_predictions(images)
+        if not torch.jit.is_scripting():  # scripted, traced and exported models run float32, eager
+            capturing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+            if not self.training and not capturing:
+                return self._eval_dense_predictions(images)
+        features, predictions = self.network_outputs(images)
+        return self.dense_outputs(features, predictions)
+
+    def network_outputs(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        """The backbone's features of ``head_in_features`` and the head's outputs (per-level
+        logits [N, A*K, H_i, W_i] and deltas [N, A*4, H_i, W_i])."""
         features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
-        return self.dense_outputs(features, self.head(features))
+        return features, self.head(features)
 
     @torch.jit.unused
-    def _bfloat16_dense_predictions(self, images: Tensor) -> DensePredictions:
+    def _eval_dense_predictions(self, images: Tensor) -> DensePredictions:
+        """Eval mode in eager PyTorch: the network chosen at construction (compiled or not), under
+        bfloat16 autocast when asked (the head's outputs back in float32)."""
+        if not self.bfloat16_inference:
+            return self.dense_outputs(*self._eval_network(self, images))
         with torch.autocast(images.device.type, dtype=torch.bfloat16):
-            features = self.backbone(images)
-            features = [features[f] for f in self.head_in_features]
-            predictions = self.head(features)
+            features, predictions = self._eval_network(self, images)
         predictions = [[p.float() for p in outputs] for outputs in predictions]
         return self.dense_outputs(features, predictions)
 
