@@ -63,13 +63,33 @@ def test_match_anchors_equals_detectron2_matcher(num_gt, anchors_per_block, low_
     assert set(match_labels.unique().tolist()) == ({-1, 0, 1} if num_gt > 1 else {0, 1})
 
 
-def test_match_anchors_low_quality_ignores_boxes_that_overlap_nothing():
+@pytest.mark.parametrize("sync_free", [True, False])
+def test_a_low_quality_tie_across_blocks_promotes_both_anchors(sync_free):
+    """A box whose best IoU (below the background threshold) is shared by two identical anchors in
+    different blocks: the low-quality rule makes both foreground, as Matcher does."""
+    anchors = _anchor_grid()
+    reference = anchors[123]
+    centre, half = (reference[:2] + reference[2:]) / 2, (reference[2:] - reference[:2]) / 2
+    gt = torch.stack([torch.cat([centre - 0.5 * half, centre + 0.5 * half])])  # IoU 0.25 with it
+    best = pairwise_iou(Boxes(gt), Boxes(anchors))[0]
+    j = int(best.argmax())
+    anchors[-5] = anchors[j]  # the same anchor again, in the last block
+    assert float(best[j]) < 0.4  # only the low-quality rule can make these foreground
+    matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+    _, expected = matcher(pairwise_iou(Boxes(gt), Boxes(anchors)))
+    _, labels = match_anchors(gt, anchors, matcher, chunk_elements=997, sync_free=sync_free)
+    assert expected[j] == 1 and expected[-5] == 1
+    assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 997])  # one block; several
+def test_match_anchors_low_quality_ignores_boxes_that_overlap_nothing(chunk_elements):
     anchors = _anchor_grid()
     # the second: off the grid
     gt = torch.tensor([[100.0, 100.0, 300.0, 260.0], [5000.0, 5000.0, 5010.0, 5010.0]])
     matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
-    _, labels = match_anchors(gt, anchors, matcher)
-    _, without_far_box = match_anchors(gt[:1], anchors, matcher)
+    _, labels = match_anchors(gt, anchors, matcher, chunk_elements=chunk_elements)
+    _, without_far_box = match_anchors(gt[:1], anchors, matcher, chunk_elements=chunk_elements)
     assert torch.equal(labels, without_far_box)
     _, detectron2_labels = matcher(pairwise_iou(Boxes(gt), Boxes(anchors)))
     assert (detectron2_labels == 1).sum() > 0.9 * len(anchors)  # what the Matcher does instead

@@ -9,8 +9,15 @@ import torch
 from conftest import make_small_cfg
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import pairwise_iou
 from detectron2.utils.events import EventStorage
+from inference_checks import (  # helpers beside the tests
+    FirstLogits,
+    assert_same_detections,
+    eval_detections,
+    sample_images,
+    training_inputs,
+)
 from sane_random_weights import make_weights_sane  # a helper beside the tests
 
 from retinanet_plugin.env import cpu_has_native_bfloat16
@@ -21,28 +28,8 @@ FOLD = "MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN"
 MEMORY_FORMAT = "MODEL.RETINANET_PLUGIN.MEMORY_FORMAT"
 
 
-def _images(seed=0, sizes=((128, 160), (96, 128))):
-    generator = torch.Generator().manual_seed(seed)
-    images = []
-    for height, width in sizes:
-        low = torch.rand(1, 3, height // 8, width // 8, generator=generator)
-        images.append(torch.nn.functional.interpolate(low, size=(height, width))[0] * 255.0)
-    return images
-
-
 def _inference_inputs(seed=0):
-    return [{"image": image} for image in _images(seed)]
-
-
-def _training_inputs():
-    images = _images(1)
-    first = Instances(images[0].shape[1:])
-    first.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 70.0, 90.0], [80.0, 30.0, 150.0, 110.0]]))
-    first.gt_classes = torch.tensor([1, 3])
-    second = Instances(images[1].shape[1:])
-    second.gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 60.0, 50.0]]))
-    second.gt_classes = torch.tensor([0])
-    return [{"image": images[0], "instances": first}, {"image": images[1], "instances": second}]
+    return [{"image": image} for image in sample_images(seed)]
 
 
 def _model(fold, memory_format, weights_from=None, overrides=()):
@@ -61,24 +48,6 @@ def _model(fold, memory_format, weights_from=None, overrides=()):
 def reference_model():
     """R18-FPN, sane random weights, Detectron2's execution: norms unfolded, NCHW."""
     return _model(False, "contiguous")
-
-
-def _detections(model, inputs):
-    model.eval()
-    with torch.no_grad():
-        return [output["instances"] for output in model(inputs)]
-
-
-def _assert_same_detections(expected, actual, box_atol, score_atol):
-    total = 0
-    for a, b in zip(expected, actual):
-        assert len(a) == len(b)
-        assert torch.equal(a.pred_classes, b.pred_classes)
-        torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, atol=box_atol, rtol=0)
-        torch.testing.assert_close(b.scores, a.scores, atol=score_atol, rtol=0)
-        total += len(a)
-    assert total >= 10  # something to compare
-    return total
 
 
 def test_folding_replaces_every_conv_with_a_frozen_norm_and_keeps_the_state_dict(reference_model):
@@ -104,7 +73,7 @@ def test_training_is_unchanged_by_folding_and_the_default_memory_format(referenc
     for fold, memory_format in ((False, "contiguous"), (True, "auto")):
         model = _model(fold, memory_format, weights_from=reference_model).train()
         with EventStorage():
-            losses = model(_training_inputs())
+            losses = model(training_inputs())
         sum(losses.values()).backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         results.append((losses, grads))
@@ -119,8 +88,8 @@ def test_folded_detections_equal_unfolded_ones_to_rounding(reference_model):
     memory_format = "contiguous"
     model = _model(True, memory_format, weights_from=reference_model)
     inputs = _inference_inputs()
-    count = _assert_same_detections(
-        _detections(reference_model, inputs), _detections(model, inputs), 1e-2, 1e-4
+    count = assert_same_detections(
+        eval_detections(reference_model, inputs), eval_detections(model, inputs), 1e-2, 1e-4
     )
     print(f"\n{memory_format}: {count} detections equal to 1e-2 px and 1e-4 in score")
 
@@ -130,7 +99,7 @@ def test_folded_weights_follow_the_parameters(reference_model):
     parameter replaced."""
     model = _model(True, "contiguous", weights_from=reference_model)
     inputs = _inference_inputs()
-    _detections(model, inputs)
+    eval_detections(model, inputs)
     other = _model(False, "contiguous")
     with torch.no_grad():
         for p in other.backbone.bottom_up.parameters():
@@ -139,23 +108,29 @@ def test_folded_weights_follow_the_parameters(reference_model):
             if name.endswith("running_mean"):
                 buffer.add_(0.05)
     model.load_state_dict(other.state_dict())  # in-place copies
-    _assert_same_detections(_detections(other, inputs), _detections(model, inputs), 1e-2, 1e-4)
+    assert_same_detections(
+        eval_detections(other, inputs), eval_detections(model, inputs), 1e-2, 1e-4
+    )
 
     # an optimiser step in training, then inference again
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     with EventStorage():
-        losses = model(_training_inputs())
+        losses = model(training_inputs())
     sum(losses.values()).backward()
     optimizer.step()
     unfolded = _model(False, "contiguous", weights_from=model)
-    _assert_same_detections(_detections(unfolded, inputs), _detections(model, inputs), 1e-2, 1e-4)
+    assert_same_detections(
+        eval_detections(unfolded, inputs), eval_detections(model, inputs), 1e-2, 1e-4
+    )
 
     # a parameter replaced by a new tensor (not an in-place update)
     conv = model.backbone.bottom_up.res4[0].conv2
     conv.weight = torch.nn.Parameter(conv.weight.detach() * 1.1)
     unfolded = _model(False, "contiguous", weights_from=model)
-    _assert_same_detections(_detections(unfolded, inputs), _detections(model, inputs), 1e-2, 1e-4)
+    assert_same_detections(
+        eval_detections(unfolded, inputs), eval_detections(model, inputs), 1e-2, 1e-4
+    )
 
 
 def test_folded_inference_is_differentiable(reference_model):
@@ -230,7 +205,7 @@ def test_bfloat16_inference_stays_near_float32(reference_model):
 
     inputs = _inference_inputs()
     found, confident_count = 0, 0
-    for a, b in zip(_detections(reference_model, inputs), _detections(model, inputs)):
+    for a, b in zip(eval_detections(reference_model, inputs), eval_detections(model, inputs)):
         assert b.scores.dtype == torch.float32 and b.pred_boxes.tensor.dtype == torch.float32
         confident = a[a.scores >= 0.1]
         confident_count += len(confident)
@@ -249,18 +224,7 @@ def test_traced_models_run_float32_even_with_bfloat16_inference(reference_model)
     float32 = _model(True, "auto", weights_from=reference_model).eval()
     images = model.preprocess_image(_inference_inputs()).tensor
     with torch.no_grad():
-        traced = torch.jit.trace(_FirstLogits(model), images)
+        traced = torch.jit.trace(FirstLogits(model), images)
         expected = float32.dense_predictions(images)[1][0]
         torch.testing.assert_close(traced(images), expected)
         assert not torch.allclose(model.dense_predictions(images)[1][0], expected)
-
-
-class _FirstLogits(torch.nn.Module):
-    """The model's class logits of the first level, as a module that tracing can hold."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        return self.model.dense_predictions(images)[1][0]

@@ -83,7 +83,7 @@ def match_anchors(
             in_range, torch.tensor(label, dtype=torch.int8, device=anchors.device), match_labels
         )
 
-    if matcher.allow_low_quality_matches:
+    if matcher.allow_low_quality_matches and blocks:
         if sync_free is None:
             sync_free = anchors.is_cuda
         best_for_some_gt = _best_for_some_box(

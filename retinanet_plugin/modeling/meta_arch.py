@@ -51,6 +51,9 @@ class RetinaNetPlugin(DenseDetector):
     Detectron2's ``scripting_with_instances`` (inference only), as Detectron2's ``RetinaNet`` does.
     """
 
+    # eval mode's network function (maybe compiled): used only by a method TorchScript leaves out
+    __jit_ignored_attributes__ = ["_eval_network"]
+
     @configurable
     def __init__(
         self,
@@ -205,7 +208,11 @@ class RetinaNetPlugin(DenseDetector):
         if self.channels_last_inference and not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
         if not torch.jit.is_scripting():  # scripted, traced and exported models run float32, eager
-            capturing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+            capturing = (
+                torch.jit.is_tracing()
+                or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting()
+            )
             if not self.training and not capturing:
                 return self._eval_dense_predictions(images)
         features, predictions = self.network_outputs(images)
