@@ -12,6 +12,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import ANCHOR_GENERATOR_REGISTRY
 from detectron2.structures import Boxes
 
+from ..utils.capture import is_capturing
+
 
 def _per_level(values, num_levels: int, key: str) -> List[List[float]]:
     """Broadcast a config list of lists to one list per level, or raise naming ``key``."""
@@ -126,7 +128,7 @@ class RetinaNetPluginAnchorGenerator(nn.Module):
     def _cached_grid_anchors(
         self, level: int, height: int, width: int, device: torch.device
     ) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if is_capturing():
             return self._compute_grid_anchors(level, height, width, device)
         key = (level, height, width, str(device))
         anchors = self._grid_cache.get(key)

@@ -26,6 +26,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 
+from ..utils.capture import is_capturing
 from ..utils.device_scalar_logger import DeviceScalarLogger
 from .anchor_labeling import DEFAULT_CHUNK_ELEMENTS, label_image_anchors
 from .detection_selection import DetectionSettings, select_detections, select_detections_padded
@@ -208,12 +209,7 @@ class RetinaNetPlugin(DenseDetector):
         if self.channels_last_inference and not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
         if not torch.jit.is_scripting():  # scripted, traced and exported models run float32, eager
-            capturing = (
-                torch.jit.is_tracing()
-                or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting()
-            )
-            if not self.training and not capturing:
+            if not self.training and not is_capturing():
                 return self._eval_dense_predictions(images)
         features, predictions = self.network_outputs(images)
         return self.dense_outputs(features, predictions)
