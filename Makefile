@@ -17,7 +17,7 @@ PYTHON_EXE  := $(word 2,$(PICKED))
 VENV        ?= .venv-$(PY_MINOR)
 $(info Python $(word 3,$(PICKED)) ($(PYTHON_EXE)$(if $(PYTHON),, - the newest of 3.13 to 3.10 found; PYTHON=... to choose)) -> $(VENV))
 PY          := $(VENV)/bin/python
-DEMO_CONFIG := configs/synthetic/retinanet_R18_synthetic.yaml
+DEMO_CONFIG := configs/synthetic/retinanet_R18_synthetic_tta.yaml
 DEMO_OUT    ?= output/demo
 PYTEST_ARGS ?=
 # The CUDA toolkit folder that holds lib64/libcudart.so (torch's guess from the nvcc wrapper is wrong here).
@@ -59,22 +59,26 @@ $(VENV)/.plugin-built: $(VENV)/.stack-installed setup.py $(CSRC)
 	$(PY) -c "import retinanet_plugin.layers as l; print('focal loss op built:', l.focal_loss_op_available())"
 	touch $@
 
-$(DEMO_OUT)/model_final.pth: $(VENV)/.plugin-built $(DEMO_CONFIG)
+$(DEMO_OUT)/model_final.pth: $(VENV)/.plugin-built $(DEMO_CONFIG) configs/synthetic/retinanet_R18_synthetic.yaml
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) --num-gpus 1 OUTPUT_DIR $(DEMO_OUT)
 
-# Training ends with the evaluation of the final model (its AP table); when the model is up to date, the
-# table from that run's log is shown again instead of evaluating it a second time (evaluated again when the log
-# has none, e.g. when that evaluation was interrupted).
+# Training ends with the evaluations of the final model (its AP tables: the plain model, then with test-time
+# augmentation); when the model is up to date, the tables from that run's log are shown again instead of
+# evaluating it a second time (evaluated again when the log lacks the augmented one, e.g. when an evaluation was
+# interrupted).
 demo: $(DEMO_OUT)/model_final.pth
-	@if grep -q "copypaste:" $(DEMO_OUT)/log.txt 2>/dev/null; then \
+	@if grep -q "Evaluation with test-time augmentation done" $(DEMO_OUT)/log.txt 2>/dev/null; then \
 		echo "held-out AP of $(DEMO_OUT)/model_final.pth (from $(DEMO_OUT)/log.txt):"; \
-		grep "copypaste:" $(DEMO_OUT)/log.txt | tail -3; \
+		grep -e "copypaste:" -e "test-time augmentation (TEST.AUG" $(DEMO_OUT)/log.txt | tail -7; \
 	else \
 		$(PY) train_net.py --config-file $(DEMO_CONFIG) --eval-only OUTPUT_DIR $(DEMO_OUT)/eval \
 			MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth; \
 	fi
 	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) --input "datasets/retinanet_synthetic_shapes/val/*" \
 		--output $(DEMO_OUT)/predictions --mosaic $(DEMO_OUT)/predictions.png --max-images 9 \
+		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth TEST.AUG.ENABLED False
+	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) --input "datasets/retinanet_synthetic_shapes/val/*" \
+		--output $(DEMO_OUT)/predictions_tta --mosaic $(DEMO_OUT)/predictions_tta.png --max-images 9 \
 		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 
 test: $(VENV)/.plugin-built

@@ -60,6 +60,8 @@ def main(args):
         checkpointer = CheckedDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = RetinaNetPluginTrainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(RetinaNetPluginTrainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
         return results

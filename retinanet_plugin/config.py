@@ -116,12 +116,13 @@ def _add_execution_keys(node: CN) -> None:
     # the norm folded into its weight and bias (retinanet_plugin.modeling.frozen_bn_folding).
     # Training, the parameters and checkpoints are unchanged.
     node.FOLD_FROZEN_BN = True
-    # Memory format of the activations at inference (eval mode): "channels_last" (NHWC, which
-    # oneDNN's CPU convolutions run faster; the head's outputs then need no copy to become
-    # [N, H*W*A, K]), "contiguous" (NCHW, PyTorch's and Detectron2's) or "auto" (channels_last
-    # when MODEL.DEVICE is the CPU). Training runs NCHW, as Detectron2 does, and the weights keep
-    # their layout: channels-last training measured no faster on the CPU here, and its float32
-    # gradients were further from exact ones.
+    # Memory format of the activations: "channels_last" (NHWC, which oneDNN's CPU convolutions run
+    # faster; the head's outputs then need no copy to become [N, H*W*A, K]), "contiguous" (NCHW,
+    # PyTorch's and Detectron2's) or "auto" (channels_last when MODEL.DEVICE is the CPU). It applies
+    # at inference (eval mode) and, in training, under mixed precision (an autocast of the model's
+    # device: SOLVER.AMP), where it halves the training step on a CPU with bfloat16 instructions;
+    # float32 training runs NCHW either way (channels-last measured no faster there, and its
+    # gradients were further from exact ones). The weights keep their layout.
     node.MEMORY_FORMAT = "auto"
     # Precision of the backbone and head at inference (eval mode): "float32"; "bfloat16" (under
     # torch.autocast; anchors, decoding and NMS stay float32; the scores and boxes move by about

@@ -22,7 +22,7 @@ from inference_checks import (  # helpers beside the tests
     training_inputs,
 )
 
-from retinanet_plugin.modeling.execution import COMPILE_MODES, inference_execution
+from retinanet_plugin.modeling.execution import COMPILE_MODES, network_execution
 
 COMPILE = "MODEL.RETINANET_PLUGIN.COMPILE"
 
@@ -59,11 +59,11 @@ def compiled_model(eager_model):
 def test_compile_is_off_by_default_and_its_value_is_checked():
     cfg = make_small_cfg()
     assert cfg.MODEL.RETINANET_PLUGIN.COMPILE == "none"
-    assert inference_execution(cfg)["compile_mode"] is None
+    assert network_execution(cfg)["compile_mode"] is None
     assert build_model(cfg).compile_mode is None
     for mode in COMPILE_MODES[1:]:
         cfg.MODEL.RETINANET_PLUGIN.COMPILE = mode
-        assert inference_execution(cfg)["compile_mode"] == mode
+        assert network_execution(cfg)["compile_mode"] == mode
     cfg.MODEL.RETINANET_PLUGIN.COMPILE = "True"
     with pytest.raises(ValueError, match="MODEL.RETINANET_PLUGIN.COMPILE must be one of"):
         build_model(cfg)

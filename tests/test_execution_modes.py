@@ -21,7 +21,7 @@ from inference_checks import (  # helpers beside the tests
 from sane_random_weights import make_weights_sane  # a helper beside the tests
 
 from retinanet_plugin.env import cpu_has_native_bfloat16
-from retinanet_plugin.modeling.execution import inference_execution
+from retinanet_plugin.modeling.execution import network_execution
 from retinanet_plugin.modeling.frozen_bn_folding import FoldedFrozenBNConv2d
 
 FOLD = "MODEL.RETINANET_PLUGIN.FOLD_FROZEN_BN"
@@ -81,6 +81,39 @@ def test_training_is_unchanged_by_folding_and_the_default_memory_format(referenc
     assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
     assert set(grads_a) == set(grads_b) and grads_a
     assert all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+
+
+def test_mixed_precision_training_runs_channels_last_where_inference_does(reference_model):
+    """In training, "auto" makes the activations channels-last on the CPU under autocast only
+    (float32 training stays NCHW), "contiguous" never; both layouts give the same bfloat16 losses
+    and gradients to bfloat16's precision."""
+    bf16 = {}
+    for memory_format in ("auto", "contiguous"):
+        model = _model(False, memory_format, weights_from=reference_model).train()
+        assert model.channels_last_autocast_training == (memory_format == "auto")
+        seen = []
+        model.head.register_forward_pre_hook(lambda m, args: seen.append(args[0][0]))
+        for amp in (False, True):
+            model.zero_grad()
+            with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                losses = model(training_inputs())
+            sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        bf16[memory_format] = (losses, grads)
+        nhwc = [
+            f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+            for f in seen
+        ]
+        assert nhwc == [False, memory_format == "auto"], memory_format
+    (losses_a, grads_a), (losses_b, grads_b) = bf16["auto"], bf16["contiguous"]
+    for k in losses_a:
+        torch.testing.assert_close(losses_a[k], losses_b[k], rtol=3e-2, atol=1e-3)
+    assert set(grads_a) == set(grads_b) and grads_a
+    largest = max(g.norm() for g in grads_b.values())
+    for name in grads_a:
+        a, b = grads_a[name].flatten().double(), grads_b[name].flatten().double()
+        if b.norm() > 1e-4 * largest:  # not the ~0 gradients of biases that a norm cancels
+            assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.98, name
 
 
 def test_folded_detections_equal_unfolded_ones_to_rounding(reference_model):
@@ -158,10 +191,10 @@ def test_auto_memory_format_is_channels_last_at_inference_on_the_cpu_only():
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
     assert seen[1].is_contiguous()
     cfg.MODEL.DEVICE = "cuda"  # the choice is made from the config
-    assert not inference_execution(cfg)["channels_last_inference"]
+    assert not network_execution(cfg)["channels_last_inference"]
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RETINANET_PLUGIN.MEMORY_FORMAT = "contiguous"
-    assert not inference_execution(cfg)["channels_last_inference"]
+    assert not network_execution(cfg)["channels_last_inference"]
     for key in ("MEMORY_FORMAT", "INFERENCE_DTYPE"):
         bad = make_small_cfg()
         bad.MODEL.RETINANET_PLUGIN[key] = "nhwc"
@@ -172,11 +205,11 @@ def test_auto_memory_format_is_channels_last_at_inference_on_the_cpu_only():
 def test_auto_inference_dtype_is_bfloat16_where_the_cpu_has_the_instructions():
     cfg = make_small_cfg()
     assert cfg.MODEL.RETINANET_PLUGIN.INFERENCE_DTYPE == "float32"
-    assert not inference_execution(cfg)["bfloat16_inference"]
+    assert not network_execution(cfg)["bfloat16_inference"]
     cfg.MODEL.RETINANET_PLUGIN.INFERENCE_DTYPE = "auto"
-    assert inference_execution(cfg)["bfloat16_inference"] == cpu_has_native_bfloat16()
+    assert network_execution(cfg)["bfloat16_inference"] == cpu_has_native_bfloat16()
     cfg.MODEL.DEVICE = "cuda"
-    assert not inference_execution(cfg)["bfloat16_inference"]
+    assert not network_execution(cfg)["bfloat16_inference"]
 
 
 def test_bfloat16_inference_stays_near_float32(reference_model):

@@ -11,6 +11,8 @@ import torch
 
 from conftest import REPO_ROOT
 
+from retinanet_plugin.engine.trainer import TTA_DONE
+
 pytestmark = pytest.mark.slow
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
@@ -36,6 +38,9 @@ TINY = [  # a few iterations on small images: this checks the plumbing, not the 
     "MODEL.RETINANET.SCORE_THRESH_TEST",
     "0.0",  # after 4 iterations scores are still near the 0.01 prior
 ]
+
+# test-time augmentation at one small size and its mirror: the trainer's second evaluation
+TTA = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(128,)", "TEST.AUG.MAX_SIZE", "224"]
 
 
 def run(args, datasets_root, timeout=600):
@@ -93,7 +98,7 @@ def check_evaluation(out_dir, log, training=True):
 @pytest.fixture(scope="module")
 def trained_one_process(tmp_path_factory, datasets_root):
     out = tmp_path_factory.mktemp("one_process")
-    proc = train(out, datasets_root)
+    proc = train(out, datasets_root, *TTA)
     return out, proc.stdout + proc.stderr
 
 
@@ -118,7 +123,14 @@ def test_one_process_trains_checkpoints_and_evaluates(trained_one_process):
     assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]
     losses = [m["total_loss"] for m in metrics(out) if "total_loss" in m]
     assert losses and all(loss == loss and loss < 1e4 for loss in losses)  # finite
-    check_evaluation(out, log)
+    evaluated = check_evaluation(out, log)
+    # then the final model with test-time augmentation, its results written beside the plain ones
+    assert TTA_DONE in log and "bbox_TTA/AP50" in evaluated, sorted(evaluated)
+    assert os.path.isfile(
+        os.path.join(
+            out, "inference_TTA", "retinanet_synthetic_shapes_val", "coco_instances_results.json"
+        )
+    )
 
 
 def test_resume_continues_from_last_checkpoint(trained_one_process, tmp_path, datasets_root):
@@ -157,6 +169,7 @@ def test_eval_only_and_predictor(trained_one_process, tmp_path, datasets_root):
             CONFIG,
             "--eval-only",
             *TINY,
+            *TTA,
             "OUTPUT_DIR",
             str(tmp_path / "eval"),
             "MODEL.WEIGHTS",
@@ -166,6 +179,7 @@ def test_eval_only_and_predictor(trained_one_process, tmp_path, datasets_root):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_evaluation(tmp_path / "eval", proc.stdout + proc.stderr, training=False)
+    assert TTA_DONE in proc.stdout + proc.stderr  # and, with TEST.AUG.ENABLED, augmented
 
     val_images = sorted((datasets_root / "retinanet_synthetic_shapes" / "val").iterdir())[:3]
     proc = run(

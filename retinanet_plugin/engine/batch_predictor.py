@@ -9,19 +9,20 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..checkpoint import CheckedDetectionCheckpointer
+from ..modeling import RetinaNetPluginWithTTA
 
 INPUT_FORMATS = ("RGB", "BGR")
 
 
 class Preprocessing:
     """``DefaultPredictor``'s preprocessing without a model:
-    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` and BGR input converted to
-    ``INPUT.FORMAT`` (``BatchPredictor`` and the ONNX Runtime backend share it)."""
+    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` (unless ``resize`` is False:
+    the image at its own size) and BGR input converted to ``INPUT.FORMAT`` (``BatchPredictor`` and
+    the ONNX Runtime backend share it)."""
 
-    def __init__(self, cfg):
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+    def __init__(self, cfg, resize: bool = True):
+        min_size = cfg.INPUT.MIN_SIZE_TEST if resize else 0  # 0: ResizeShortestEdge keeps the size
+        self.aug = T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(
@@ -60,6 +61,11 @@ class BatchPredictor(Preprocessing):
     out, which changes the features near its bottom and right borders (the convolutions see padding
     where alone they saw the tensor's edge), and so can change its detections. Weights are loaded
     with the plugin's checkpointer: a missing or unreadable file is an error naming it.
+
+    With ``TEST.AUG.ENABLED``, calls run the model under test-time augmentation
+    (:class:`~retinanet_plugin.modeling.RetinaNetPluginWithTTA`: each image at its own size, resized
+    to each of ``TEST.AUG.MIN_SIZES``, mirrored with ``TEST.AUG.FLIP``); :meth:`prepare` and
+    ``model`` stay the plain model's (what export uses).
     """
 
     def __init__(self, cfg):
@@ -70,6 +76,12 @@ class BatchPredictor(Preprocessing):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         CheckedDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         super().__init__(cfg)
+        # what __call__ runs: the model on prepare()'s inputs, or under test-time augmentation on
+        # the images at their own size (the augmentation resizes them)
+        self.detector, self.detector_inputs = self.model, self
+        if cfg.TEST.AUG.ENABLED:
+            self.detector = RetinaNetPluginWithTTA(cfg, self.model)
+            self.detector_inputs = Preprocessing(cfg, resize=False)
 
     def __call__(self, original_images: Sequence[np.ndarray]) -> List[Dict]:
         """
@@ -84,4 +96,5 @@ class BatchPredictor(Preprocessing):
         if len(original_images) == 0:
             return []
         with torch.no_grad():
-            return self.model([self.prepare(image) for image in original_images])
+            inputs = [self.detector_inputs.prepare(image) for image in original_images]
+            return self.detector(inputs)

@@ -208,11 +208,17 @@ def build_backend(
     """The backend ``name`` (one of :data:`BACKENDS`), built once: ``"pytorch"``:
     :class:`PyTorchBackend`; ``"onnxruntime"``: :class:`OnnxRuntimeBackend` of the file ``onnx``
     (:meth:`~OnnxRuntimeBackend.from_file`), else of the config's model exported now to
-    ``export_path`` (:meth:`~OnnxRuntimeBackend.exported`). With ``tile`` (px), run tile by tile
+    ``export_path`` (:meth:`~OnnxRuntimeBackend.exported`); test-time augmentation
+    (``TEST.AUG.ENABLED``) in the first only. With ``tile`` (px), run tile by tile
     (:func:`tiled_backend`: ``tile_overlap``, ``max_detections``, ``batch_size`` tiles per
     forward)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}, not one of {BACKENDS}")
+    if name == "onnxruntime" and cfg.TEST.AUG.ENABLED:
+        log(
+            "note: TEST.AUG.ENABLED: test-time augmentation is not part of the exported model; "
+            "the onnxruntime backend runs without it (the pytorch backend runs with it)"
+        )
     if name == "onnxruntime" and onnx:
         backend = OnnxRuntimeBackend.from_file(cfg, onnx, log=log)
     elif name == "onnxruntime":

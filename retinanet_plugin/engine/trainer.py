@@ -1,12 +1,14 @@
 """Detectron2's DefaultTrainer, ready for GPUs and for CPU-only machines."""
 
 import logging
+import os
 import weakref
+from collections import OrderedDict
 
 import torch
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -18,11 +20,16 @@ from ..data.file_datasets import apply_num_classes_from_data, register_datasets_
 from ..data.image_quirks import apply_image_size_limit
 from ..data.checked_loading import load_checked_dataset_dicts
 from ..data.checked_mapper import CheckedDatasetMapper
-from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
+from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder, evaluation_folder_name
+from ..modeling import RetinaNetPluginWithTTA
 from .finite_checks import finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
 from .train_loops import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .weight_averaging import WeightAverage, with_weight_average_hook
+
+logger = logging.getLogger(__name__)
+# logged when an evaluation with test-time augmentation has its results (`make demo` looks for it)
+TTA_DONE = "Evaluation with test-time augmentation done"
 
 
 def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
@@ -82,7 +89,43 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         hook_list = finite_weights_checkpointer_hooks(super().build_hooks())
         if self.weight_average is not None:
             hook_list = with_weight_average_hook(hook_list, self.weight_average)
+        if self.cfg.TEST.AUG.ENABLED:  # after the plain evaluation of the final model
+            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            evals = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)]
+            # else before the writer, the last hook, so that its results are written
+            hook_list.insert(evals[-1] + 1 if evals else len(hook_list) - 1, tta)
         return hook_list
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """``test`` of ``model`` under test-time augmentation (``TEST.AUG``:
+        ``RetinaNetPluginWithTTA``), each image read at its own size and resized by the
+        augmentation only; the results' keys end in "_TTA", their files go to
+        ``OUTPUT_DIR/inference_TTA/<dataset>``."""
+        if not cfg.DATASETS.TEST:
+            return OrderedDict()
+        tta_cfg = cfg.clone()
+        tta_cfg.defrost()
+        tta_cfg.INPUT.MIN_SIZE_TEST = 0  # no resize in the loader: each scale from the original
+        tta_cfg.freeze()
+        evaluators = [
+            cls.build_evaluator(
+                cfg,
+                name,
+                output_folder=os.path.join(
+                    cfg.OUTPUT_DIR, "inference_TTA", evaluation_folder_name(name)
+                ),
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        aug = cfg.TEST.AUG
+        logger.info(
+            "Evaluating with test-time augmentation (TEST.AUG: shortest sides "
+            f"{tuple(aug.MIN_SIZES)}, longest at most {aug.MAX_SIZE}, flip {aug.FLIP})"
+        )
+        results = cls.test(tta_cfg, RetinaNetPluginWithTTA(cfg, model), evaluators)
+        logger.info(f"{TTA_DONE} (the AP table above)")
+        return OrderedDict((key + "_TTA", value) for key, value in results.items())
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,5 +1,6 @@
-"""How inference runs: the memory format, precision and compilation that ``MODEL.RETINANET_PLUGIN``
-asks for, resolved once, when the model is built, for its device and CPU."""
+"""How the network runs: the memory format, precision and compilation that
+``MODEL.RETINANET_PLUGIN`` asks for, resolved once, when the model is built, for its device and
+CPU."""
 
 from typing import Dict, Optional, Union
 
@@ -12,14 +13,15 @@ INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
 # "none", then torch.compile's modes
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-__all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "inference_execution"]
+__all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "network_execution"]
 
 
-def inference_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
-    """``RetinaNetPlugin``'s ``channels_last_inference``, ``bfloat16_inference`` and
-    ``compile_mode`` from ``MEMORY_FORMAT``, ``INFERENCE_DTYPE`` ("auto": channels-last on the CPU;
-    bfloat16 on a CPU with bfloat16 instructions) and ``COMPILE`` ("none": None); a value outside
-    their choices is an error naming the key."""
+def network_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
+    """``RetinaNetPlugin``'s ``channels_last_inference``, ``channels_last_autocast_training``,
+    ``bfloat16_inference`` and ``compile_mode`` from ``MEMORY_FORMAT`` ("auto": channels-last on the
+    CPU, at inference and in training under autocast), ``INFERENCE_DTYPE`` ("auto": bfloat16 on a
+    CPU with bfloat16 instructions) and ``COMPILE`` ("none": None); a value outside their choices is
+    an error naming the key."""
     plugin = cfg.MODEL.RETINANET_PLUGIN
     for key, choices in (
         ("MEMORY_FORMAT", MEMORY_FORMATS),
@@ -31,9 +33,12 @@ def inference_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
                 f"MODEL.RETINANET_PLUGIN.{key} must be one of {choices}, got {plugin.get(key)!r}"
             )
     on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    channels_last = plugin.MEMORY_FORMAT == "channels_last" or (
+        plugin.MEMORY_FORMAT == "auto" and on_cpu
+    )
     return {
-        "channels_last_inference": plugin.MEMORY_FORMAT == "channels_last"
-        or (plugin.MEMORY_FORMAT == "auto" and on_cpu),
+        "channels_last_inference": channels_last,
+        "channels_last_autocast_training": channels_last,
         "bfloat16_inference": plugin.INFERENCE_DTYPE == "bfloat16"
         or (plugin.INFERENCE_DTYPE == "auto" and on_cpu and cpu_has_native_bfloat16()),
         "compile_mode": None if plugin.COMPILE == "none" else plugin.COMPILE,
