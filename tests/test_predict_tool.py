@@ -33,7 +33,11 @@ from retinanet_plugin.data.synthetic_shapes import (
     render_synthetic_image,
 )
 from retinanet_plugin.engine.image_stream import ImageSource, ImageStream
-from retinanet_plugin.engine.prediction_backends import OnnxRuntimeBackend, PyTorchBackend
+from retinanet_plugin.engine.prediction_backends import (
+    OnnxRuntimeBackend,
+    PyTorchBackend,
+    build_backend,
+)
 
 # helpers beside the tests
 from script_module import load_script
@@ -360,6 +364,12 @@ def test_onnxruntime_backend_gives_the_eager_detections(checkpoint, dataset, eag
     print(f"\nonnxruntime vs eager: {diff}")
     assert diff["boxes"] <= ONNXRUNTIME_TOLERANCE["boxes"], diff
     assert diff["scores"] <= ONNXRUNTIME_TOLERANCE["scores"], diff
+    # test-time augmentation is not in the exported model: the backend says it runs without it
+    cfg.defrost()
+    cfg.TEST.AUG.ENABLED = True
+    notes = []
+    build_backend(cfg, "onnxruntime", onnx=str(out / "model.onnx"), log=notes.append)
+    assert any("TEST.AUG.ENABLED" in n and "runs without it" in n for n in notes), notes
 
 
 def test_onnx_model_settings_are_checked(checkpoint, tmp_path):
