@@ -46,9 +46,10 @@ Files written (each atomically), under ``--output``:
 ``--batch-size`` tiles per forward, merged by class-aware NMS
 (``retinanet_plugin.engine.tiled_inference``); each tile gets the test-time resize (set
 ``INPUT.MIN_SIZE_TEST`` and ``MAX_SIZE_TEST`` to SIZE; with ``TEST.AUG.ENABLED``, the PyTorch
-backend runs each image or tile under test-time augmentation at ``TEST.AUG.MIN_SIZES`` instead). ``--evaluate DATASET`` (a registered name,
-``coco:JSON`` or ``voc:FOLDER``): COCO AP on its whole images at ``--max-detections`` per image,
-printed and written to metrics.json; a skipped image counts as one without detections.
+backend runs each image or tile under test-time augmentation at ``TEST.AUG.MIN_SIZES`` instead).
+``--evaluate DATASET`` (a registered name, ``coco:JSON`` or ``voc:FOLDER``): COCO AP on its whole
+images at ``--max-detections`` per image, printed and written to metrics.json; a skipped image
+counts as one without detections.
 """
 
 import argparse

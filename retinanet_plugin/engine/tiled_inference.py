@@ -6,7 +6,8 @@ object to 3 px, below what the smallest anchors (32 px on stride 8) can find.
 :class:`TiledPredictor` cuts the image into tiles of ``tile_size`` px overlapping by ``overlap`` (a
 fraction of the tile), runs the predictor on each tile as it would on a whole image (so each tile
 gets the test-time resize: with ``INPUT.MIN_SIZE_TEST`` equal to the tile size, tiles run at their
-own resolution; with ``TEST.AUG.ENABLED``, the augmentation's sizes instead), moves the detections to image coordinates and merges them:
+own resolution; with ``TEST.AUG.ENABLED``, the augmentation's sizes instead), moves the detections
+to image coordinates and merges them:
 
 1. a detection cut by an inner tile edge (its box touches an edge of its tile that is not the
    image's border) is dropped when a detection of the same class from another tile covers at least
