@@ -90,7 +90,7 @@ def test_mixed_precision_training_runs_channels_last_where_inference_does(refere
     bf16 = {}
     for memory_format in ("auto", "contiguous"):
         model = _model(False, memory_format, weights_from=reference_model).train()
-        assert model.channels_last_autocast_training == (memory_format == "auto")
+        assert model.channels_last == (memory_format == "auto")
         seen = []
         model.head.register_forward_pre_hook(lambda m, args: seen.append(args[0][0]))
         for amp in (False, True):
@@ -182,7 +182,7 @@ def test_auto_memory_format_is_channels_last_at_inference_on_the_cpu_only():
     cfg = make_small_cfg()
     assert cfg.MODEL.RETINANET_PLUGIN.MEMORY_FORMAT == "auto"
     model = build_model(cfg)
-    assert model.channels_last_inference
+    assert model.channels_last
     seen = []
     model.backbone.bottom_up.stem.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     images = model.preprocess_image(_inference_inputs()).tensor
@@ -191,10 +191,10 @@ def test_auto_memory_format_is_channels_last_at_inference_on_the_cpu_only():
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
     assert seen[1].is_contiguous()
     cfg.MODEL.DEVICE = "cuda"  # the choice is made from the config
-    assert not network_execution(cfg)["channels_last_inference"]
+    assert not network_execution(cfg)["channels_last"]
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RETINANET_PLUGIN.MEMORY_FORMAT = "contiguous"
-    assert not network_execution(cfg)["channels_last_inference"]
+    assert not network_execution(cfg)["channels_last"]
     for key in ("MEMORY_FORMAT", "INFERENCE_DTYPE"):
         bad = make_small_cfg()
         bad.MODEL.RETINANET_PLUGIN[key] = "nhwc"

@@ -1,7 +1,6 @@
 """Detectron2's DefaultTrainer, ready for GPUs and for CPU-only machines."""
 
 import logging
-import os
 import weakref
 from collections import OrderedDict
 
@@ -20,7 +19,7 @@ from ..data.file_datasets import apply_num_classes_from_data, register_datasets_
 from ..data.image_quirks import apply_image_size_limit
 from ..data.checked_loading import load_checked_dataset_dicts
 from ..data.checked_mapper import CheckedDatasetMapper
-from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder, evaluation_folder_name
+from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
 from ..modeling import RetinaNetPluginWithTTA
 from .finite_checks import finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
@@ -110,11 +109,7 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         tta_cfg.freeze()
         evaluators = [
             cls.build_evaluator(
-                cfg,
-                name,
-                output_folder=os.path.join(
-                    cfg.OUTPUT_DIR, "inference_TTA", evaluation_folder_name(name)
-                ),
+                cfg, name, default_evaluation_folder(cfg.OUTPUT_DIR, name, "inference_TTA")
             )
             for name in cfg.DATASETS.TEST
         ]

@@ -81,5 +81,7 @@ def evaluation_folder_name(dataset_name: str) -> str:
     return name or "dataset"
 
 
-def default_evaluation_folder(output_dir: str, dataset_name: str) -> str:
-    return os.path.join(output_dir, "inference", evaluation_folder_name(dataset_name))
+def default_evaluation_folder(output_dir: str, dataset_name: str, kind: str = "inference") -> str:
+    """``output_dir/<kind>/<dataset>``: where an evaluation of ``kind`` ("inference", or
+    "inference_TTA" with test-time augmentation) writes its files."""
+    return os.path.join(output_dir, kind, evaluation_folder_name(dataset_name))

@@ -17,11 +17,10 @@ __all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "network_execu
 
 
 def network_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
-    """``RetinaNetPlugin``'s ``channels_last_inference``, ``channels_last_autocast_training``,
-    ``bfloat16_inference`` and ``compile_mode`` from ``MEMORY_FORMAT`` ("auto": channels-last on the
-    CPU, at inference and in training under autocast), ``INFERENCE_DTYPE`` ("auto": bfloat16 on a
-    CPU with bfloat16 instructions) and ``COMPILE`` ("none": None); a value outside their choices is
-    an error naming the key."""
+    """``RetinaNetPlugin``'s ``channels_last``, ``bfloat16_inference`` and ``compile_mode`` from
+    ``MEMORY_FORMAT`` ("auto": channels-last on the CPU, at inference and in training under
+    autocast), ``INFERENCE_DTYPE`` ("auto": bfloat16 on a CPU with bfloat16 instructions) and
+    ``COMPILE`` ("none": None); a value outside their choices is an error naming the key."""
     plugin = cfg.MODEL.RETINANET_PLUGIN
     for key, choices in (
         ("MEMORY_FORMAT", MEMORY_FORMATS),
@@ -33,12 +32,9 @@ def network_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
                 f"MODEL.RETINANET_PLUGIN.{key} must be one of {choices}, got {plugin.get(key)!r}"
             )
     on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
-    channels_last = plugin.MEMORY_FORMAT == "channels_last" or (
-        plugin.MEMORY_FORMAT == "auto" and on_cpu
-    )
     return {
-        "channels_last_inference": channels_last,
-        "channels_last_autocast_training": channels_last,
+        "channels_last": plugin.MEMORY_FORMAT == "channels_last"
+        or (plugin.MEMORY_FORMAT == "auto" and on_cpu),
         "bfloat16_inference": plugin.INFERENCE_DTYPE == "bfloat16"
         or (plugin.INFERENCE_DTYPE == "auto" and on_cpu and cpu_has_native_bfloat16()),
         "compile_mode": None if plugin.COMPILE == "none" else plugin.COMPILE,

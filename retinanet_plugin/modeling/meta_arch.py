@@ -78,8 +78,7 @@ class RetinaNetPlugin(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
-        channels_last_inference: bool = False,
-        channels_last_autocast_training: bool = False,
+        channels_last: bool = False,
         bfloat16_inference: bool = False,
         compile_mode: Optional[str] = None,
     ):
@@ -92,10 +91,9 @@ class RetinaNetPlugin(DenseDetector):
             normalizer_ema_init, normalizer_ema_momentum: the loss normaliser, an exponential moving
                 average of the foreground-anchor count; momentum None: the batch's own count (the
                 paper's), and the saved average is left as it is.
-            channels_last_inference: in eval mode, the images (and so the activations) in
-                channels-last memory format.
-            channels_last_autocast_training: the same in training under an autocast of the
-                images' device (mixed precision); float32 training keeps NCHW.
+            channels_last: the images (and so the activations) in channels-last memory format, in
+                eval mode and in training under an autocast of the images' device (mixed
+                precision); float32 training keeps NCHW.
             bfloat16_inference: in eval mode, the backbone and head under bfloat16 autocast (their
                 outputs back in float32).
             compile_mode: in eval mode, the backbone and head run as one ``torch.compile``d function
@@ -128,8 +126,7 @@ class RetinaNetPlugin(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
-        self.channels_last_inference = channels_last_inference
-        self.channels_last_autocast_training = channels_last_autocast_training
+        self.channels_last = channels_last
         self.bfloat16_inference = bfloat16_inference
         self.compile_mode = compile_mode
         # What eval mode runs for the backbone and head, chosen once: called as f(self, images). A
@@ -219,14 +216,15 @@ class RetinaNetPlugin(DenseDetector):
         return self.dense_outputs(features, predictions)
 
     def _channels_last(self, images: Tensor) -> bool:
-        """Whether this forward runs channels-last: in eval mode as chosen at construction; in
-        training when chosen and under an autocast of the images' device (mixed precision, where
+        """Whether this forward runs channels-last, when chosen at construction: always in eval
+        mode; in training under an autocast of the images' device only (mixed precision, where
         oneDNN's channels-last kernels halve the step on a CPU with bfloat16 instructions)."""
+        if not self.channels_last:
+            return False
         if not self.training:
-            return self.channels_last_inference
+            return True
         if not torch.jit.is_scripting():
-            if self.channels_last_autocast_training:
-                return torch.is_autocast_enabled(images.device.type)
+            return torch.is_autocast_enabled(images.device.type)
         return False
 
     def network_outputs(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
