@@ -2,11 +2,12 @@
 ``RetinaNet``, in one process, with the same weights.
 
 Models: the plugin from ``configs/retinanet_R50.yaml`` (``--depth``), eager (``COMPILE`` "none") and
-compiled in each of ``--modes``; Detectron2's RetinaNet from the same config. Weights: the
-benchmarks' seeded, calibrated random weights (``harness/weights.py``), identical for all (the
-same fingerprint is checked). Input: one seeded smooth-noise image of ``--size`` (default 800x1216,
-the COCO test size of bench_retinanet.py), batch 1, ``model.eval()``, ``torch.no_grad()``: the
-whole call (normalisation, network, decoding, top-k, NMS).
+compiled in each of ``--modes``, with and without ``COMPILE_FREEZING``; Detectron2's RetinaNet from
+the same config. Weights: the benchmarks' seeded, calibrated random weights
+(``harness/weights.py``), identical for all (the same fingerprint is checked). Input: one seeded
+smooth-noise image of ``--size`` (default 800x1216, the COCO test size of bench_retinanet.py),
+batch 1, ``model.eval()``, ``torch.no_grad()``: the whole call (normalisation, network, decoding,
+top-k, NMS).
 
 Measured: the first call of each compiled model (the warm-up: compilation included), reported
 apart; then ``--rounds`` rounds in alternating model order (A B C, C B A, ...), ``--reps`` timed
@@ -60,9 +61,12 @@ def build_models(args, path):
     cfg = peers.plugin_config("cpu", depth=args.depth, num_classes=inputs.NUM_CLASSES)
     builders = {DETECTRON2: ("detectron2", cfg), EAGER: ("plugin", cfg)}
     for mode in args.modes.split(","):
-        compiled = cfg.clone()
-        compiled.MODEL.RETINANET_PLUGIN.COMPILE = mode
-        builders[f"plugin COMPILE {mode}"] = ("plugin", compiled)
+        for freezing in (True, False):  # COMPILE_FREEZING's default first
+            compiled = cfg.clone()
+            compiled.MODEL.RETINANET_PLUGIN.COMPILE = mode
+            compiled.MODEL.RETINANET_PLUGIN.COMPILE_FREEZING = freezing
+            suffix = "" if freezing else " (COMPILE_FREEZING False)"
+            builders[f"plugin COMPILE {mode}{suffix}"] = ("plugin", compiled)
     models, fingerprints = {}, set()
     for name, (kind, model_cfg) in builders.items():
         model = peers.build_model(kind, model_cfg, args.size)

@@ -63,6 +63,7 @@ import torch
 from benchmarks import retinanet_child, retinanet_report
 from benchmarks.harness import RESULTS_DIR, children, inputs, machine, memory, peers, timing
 from benchmarks.harness import weights
+from retinanet_plugin.modeling.execution import COMPILE_MODES
 
 DEFAULTS = {
     "cpu": {"sizes": "384x640", "batch": "2", "reps": 3, "warmup": 2, "amp": False, "rounds": 2},
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         action=argparse.BooleanOptionalAction,
         help="also run with mixed precision (default: on for CUDA, off for the CPU)",
+    )
+    add(
+        "--plugin-compile",
+        default="none",
+        choices=COMPILE_MODES,
+        help="the plugin's MODEL.RETINANET_PLUGIN.COMPILE (inference only; with COMPILE_FREEZING, "
+        "its default): the warm-up steps compile (default none: eager)",
     )
     add(
         "--models",
@@ -222,6 +230,7 @@ def run_child(model: str, cases, args, weights_path: str, purpose: str = "timing
         "weights": weights_path,
         "threads": args.threads,
         "purpose": purpose,
+        "plugin_compile": args.plugin_compile,
     }
     env = memory.CPU_MEMORY_ENV if purpose == "memory" else {}
     child = children.run_child(__file__, ["--child", json.dumps(spec)], len(cases), env)
@@ -274,6 +283,11 @@ def run(args) -> Dict[str, object]:
         flush=True,
     )
     notes = retinanet_report.start_notes(args.models, info)
+    if args.plugin_compile != "none":
+        notes.append(
+            f"plugin: MODEL.RETINANET_PLUGIN.COMPILE {args.plugin_compile} (with COMPILE_FREEZING) "
+            "at inference, compiled during the warm-up steps; training eager"
+        )
     with tempfile.TemporaryDirectory(prefix="bench_retinanet_") as folder:
         weight_files = weights.prepare_weights(args.models, args.sizes[0], args.depth, folder)
         per_model = run_models(args, cases, weight_files)

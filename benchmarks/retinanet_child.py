@@ -157,6 +157,8 @@ def child_main(spec) -> None:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(inputs.SEED)
     cfg = peers.plugin_config("cpu", depth=spec["depth"], num_classes=inputs.NUM_CLASSES)
+    if spec["model"] == "plugin":
+        cfg.MODEL.RETINANET_PLUGIN.COMPILE = spec.get("plugin_compile", "none")
     # random weights, on the CPU; run_case loads the benchmark's weights
     model = peers.build_model(spec["model"], cfg, tuple(spec["cases"][0]["size"])).to(device)
     runner = inputs.Runner(spec["model"], model, device)

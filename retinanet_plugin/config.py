@@ -138,6 +138,13 @@ def _add_execution_keys(node: CN) -> None:
     # sizes are dynamic); later calls reuse the compiled code. Post-processing (thresholds, NMS),
     # training, TorchScript and the exporters run eager either way.
     node.COMPILE = "none"
+    # With COMPILE: calls without autograd (torch.no_grad or inference_mode, as Detectron2's
+    # evaluator and DefaultPredictor make them) compile with Inductor's freezing passes
+    # (torch._inductor.config.freezing): the convolutions become oneDNN ones with their ReLU and
+    # residual sum fused, which is what makes compiling pay on a CPU (benchmarks/bench_compile.py).
+    # The weights stay inputs of the compiled code: detections follow a weight change
+    # (tests/test_compiled_inference.py). False: torch.compile's mode alone.
+    node.COMPILE_FREEZING = True
 
 
 def _add_dataset_keys(cfg) -> None:

@@ -61,6 +61,7 @@ def test_compile_is_off_by_default_and_its_value_is_checked():
     assert cfg.MODEL.RETINANET_PLUGIN.COMPILE == "none"
     assert network_execution(cfg)["compile_mode"] is None
     assert build_model(cfg).compile_mode is None
+    assert network_execution(cfg)["compile_freezing"] is True  # used only with a mode
     for mode in COMPILE_MODES[1:]:
         cfg.MODEL.RETINANET_PLUGIN.COMPILE = mode
         assert network_execution(cfg)["compile_mode"] == mode
@@ -112,6 +113,37 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights(eager_model, compiled_m
     assert not torch.allclose(expected_changed[0].scores[:5], expected_original[0].scores[:5])
     assert_same_detections(expected_changed, eval_detections(changed_compiled, inputs), 1e-2, 1e-4)
     assert_same_detections(expected_original, eval_detections(compiled_model, inputs), 1e-2, 1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_detections_follow_weights_loaded_in_place(eager_model, compiled_model):
+    """With COMPILE_FREEZING (the default) the weights stay inputs of the compiled code, not
+    constants baked into it: after the model has compiled, a checkpoint loaded into it in place
+    (convolution weights and the frozen norms' buffers) changes its detections to those of the
+    eager model with that checkpoint, as a final evaluation after training needs."""
+    assert compiled_model.compile_mode == "default"
+    inputs = [{"image": image} for image in sample_images(0)]
+    eval_detections(compiled_model, inputs)  # compiled with the current weights
+    original = {k: v.clone() for k, v in compiled_model.state_dict().items()}
+    changed = dict(original)
+    for name, value in original.items():
+        if name.startswith("head.cls_subnet") and name.endswith("weight"):
+            changed[name] = value * 1.2
+        if name == "backbone.bottom_up.stem.conv1.norm.weight":  # a FrozenBatchNorm2d buffer
+            changed[name] = value * 0.8
+    assert any(not torch.equal(changed[k], v) for k, v in original.items() if "norm" in k)
+    reference = copy.deepcopy(eager_model)
+    reference.load_state_dict(changed)
+    expected = eval_detections(reference, inputs)
+    try:
+        compiled_model.load_state_dict(changed)
+        actual = eval_detections(compiled_model, inputs)
+    finally:
+        compiled_model.load_state_dict(original)
+    assert not torch.allclose(
+        expected[0].scores[:5], eval_detections(eager_model, inputs)[0].scores[:5]
+    )
+    assert_same_detections(expected, actual, 1e-2, 1e-4)
 
 
 def test_training_and_tracing_run_eager(eager_model):

@@ -245,10 +245,48 @@ def test_inference_leaves_the_predictions_untouched_and_both_selections_agree(sm
         assert 20 < n == int(counts[i])
         expected = rows(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
         actual = rows(boxes[i, :n], scores[i, :n], classes[i, :n])
-        assert [r[:2] for r in actual] == [r[:2] for r in expected]
+        assert [r[1] for r in actual] == [r[1] for r in expected]
+        # scores to float32's last bit: the eager selection rounds its sigmoid from float64
+        torch.testing.assert_close(
+            torch.tensor([r[0] for r in actual]),
+            torch.tensor([r[0] for r in expected]),
+            atol=2**-23,
+            rtol=0,
+        )
         torch.testing.assert_close(
             torch.tensor([r[2] for r in actual]), torch.tensor([r[2] for r in expected])
         )
+
+
+@pytest.mark.parametrize("score_thresh", [-0.5, 0.0, 1e-6, 0.05, 0.5, 0.999, 1.0])
+def test_selection_thresholds_on_the_logits_as_on_the_scores(score_thresh):
+    """The eager selection compares logits with a bound before any sigmoid: it keeps exactly the
+    pairs whose float32 sigmoid exceeds the threshold, all images at once, with thresholds at and
+    beyond the ends of (0, 1)."""
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    from retinanet_plugin.modeling.detection_selection import DetectionSettings, select_detections
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = (300, 40, 7)  # anchors per level
+    # logits spread over both tails, some exactly 0 (score 0.5), images with different counts
+    logits = [torch.randn(3, r, 4, generator=generator) * 8 for r in sizes]
+    logits[0][0, :10] = 0.0
+    logits[1][2] = -30.0
+    deltas = [torch.zeros(3, r, 4) for r in sizes]
+    anchors = [  # spaced apart so that NMS at 1.0 removes nothing
+        Boxes(torch.arange(r, dtype=torch.float32)[:, None] * 10 + torch.tensor([0, 0, 5, 5.0]))
+        for r in sizes
+    ]
+    settings = DetectionSettings(score_thresh, 10**6, 1.0, 10**6)
+    results = select_detections(
+        anchors, logits, deltas, [(64, 64)] * 3, Box2BoxTransform((1.0,) * 4), settings
+    )
+    for i, instances in enumerate(results):
+        scores = torch.cat([level[i].flatten().sigmoid() for level in logits])
+        expected = scores[scores > score_thresh].sort(descending=True).values
+        assert len(instances) == len(expected)
+        torch.testing.assert_close(instances.scores, expected, atol=2**-23, rtol=0)
 
 
 def test_head_batch_norm_keeps_statistics_per_level(small_cfg):

@@ -112,13 +112,13 @@ EMA_RUN = [
 ]
 
 
-def _trainer(datasets_root, out_dir, resume=False):
+def _trainer(datasets_root, out_dir, resume=False, overrides=()):
     from retinanet_plugin import model_zoo
     from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, register_synthetic_shapes
     from retinanet_plugin.engine import RetinaNetPluginTrainer
 
     cfg = model_zoo.get_config("synthetic/retinanet_R18_synthetic.yaml")
-    cfg.merge_from_list(EMA_RUN + ["OUTPUT_DIR", str(out_dir)])
+    cfg.merge_from_list(EMA_RUN + ["OUTPUT_DIR", str(out_dir), *overrides])
     register_synthetic_shapes(str(datasets_root / DATASET_DIRNAME))
     try:
         trainer = RetinaNetPluginTrainer(cfg)
@@ -165,6 +165,13 @@ def test_training_keeps_the_average_in_checkpoints_resumes_it_and_ends_with_it(
     assert resumed.start_iter == 6
     resumed_state = resumed.model.state_dict()
     assert all(torch.equal(resumed_state[k], v) for k, v in training_weights.items())
+    # ... and with the same SOLVER.MAX_ITER nothing is left to train: the run ends with the
+    # average again (what the final evaluation and checkpoint then see), not the training weights
+    resumed.train()
+    resumed_state = resumed.model.state_dict()
+    assert all(torch.equal(resumed_state[k], v) for k, v in final["model"].items())
+    rewritten = _load(out / "model_final.pth")
+    assert all(torch.equal(rewritten["model"][k], v) for k, v in final["model"].items())
 
     # --resume from the middle: the average comes back exactly, with its update count
     (out / "last_checkpoint").write_text("model_0000002.pth")
@@ -173,3 +180,12 @@ def test_training_keeps_the_average_in_checkpoints_resumes_it_and_ends_with_it(
     assert resumed.weight_average.updates == 3
     for name, value in middle["weight_average"]["average"].items():
         assert torch.equal(resumed.weight_average.average[name], value), name
+
+    # --resume from the middle with SOLVER.MAX_ITER lowered to where it stopped: no step runs, and
+    # the run ends with that checkpoint's average
+    resumed = _trainer(datasets_root, out, resume=True, overrides=["SOLVER.MAX_ITER", "3"])
+    assert resumed.start_iter == 3
+    resumed.train()
+    resumed_state = resumed.model.state_dict()
+    for name, value in middle["weight_average"]["average"].items():
+        assert torch.equal(resumed_state[name], value), name

@@ -21,6 +21,7 @@ from ..data.checked_loading import load_checked_dataset_dicts
 from ..data.checked_mapper import CheckedDatasetMapper
 from ..evaluation import PluginCOCOEvaluator, default_evaluation_folder
 from ..modeling import RetinaNetPluginWithTTA
+from .buffer_sync import broadcast_buffers_from_main
 from .finite_checks import finite_weights_checkpointer_hooks
 from .mixed_precision import amp_dtype_for
 from .train_loops import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
@@ -52,7 +53,8 @@ class RetinaNetPluginTrainer(DefaultTrainer):
     ``.train_loops``, ``.finite_checks``, ``retinanet_plugin.checkpoint``): the data loaders check
     and repair the dataset dicts and read images with clear errors; a non-finite loss term stops
     training naming it; no checkpoint of non-finite weights is written; unreadable checkpoints are
-    named, and ``--resume`` falls back to the newest readable one."""
+    named, and ``--resume`` falls back to the newest readable one. Every worker evaluates the main
+    worker's buffers (``buffer_sync``)."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -94,6 +96,13 @@ class RetinaNetPluginTrainer(DefaultTrainer):
             # else before the writer, the last hook, so that its results are written
             hook_list.insert(evals[-1] + 1 if evals else len(hook_list) - 1, tta)
         return hook_list
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """``DefaultTrainer.test``, after every worker has taken the main worker's buffers (the
+        checkpointed model's BatchNorm statistics: ``buffer_sync``)."""
+        broadcast_buffers_from_main(model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

@@ -80,6 +80,10 @@ class WeightAverage:
         self.training_weights = self._model_state_copy()
         self.model.load_state_dict(self.average)
 
+    def holds_model(self) -> bool:
+        """Whether the model holds the average (:meth:`copy_to_model` ran since the last load)."""
+        return self.training_weights is not None
+
     def state_dict(self) -> dict:
         state = {"updates": self.updates, "average": self.average}
         if self.training_weights is not None:
@@ -119,6 +123,14 @@ class WeightAverageHook(HookBase):
     def after_step(self):
         self.average.update()
         if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self.average.copy_to_model()
+
+    def after_train(self):
+        # A run that had nothing left to train (``--resume`` from a checkpoint at or past
+        # ``SOLVER.MAX_ITER``: no step ran, so ``after_step`` never gave the model the average)
+        # ends with the average too; ``trainer.iter`` reaches ``max_iter`` only when training
+        # ended without an error.
+        if self.trainer.iter >= self.trainer.max_iter and not self.average.holds_model():
             self.average.copy_to_model()
 
 

@@ -4,14 +4,17 @@
 Two forms select the same candidates (per level, the best ``topk_candidates`` (anchor, class) pairs
 above the score threshold) and decode them with the same ``apply_deltas``:
 
-* :func:`select_detections` (eager): per image, threshold first and top-k of what passed (cheap: few
-  pairs pass), then class-aware NMS with Detectron2's ``batched_nms``, giving a variable-length
-  ``Instances``. It is what the model runs, and what Detectron2's RetinaNet computes.
+* :func:`select_detections` (eager): threshold first, per level for all images at once and on the
+  logits (only pairs near the threshold get a sigmoid), top-k of what passed per image (cheap: few
+  pairs pass), then per image class-aware NMS with Detectron2's ``batched_nms``, giving a
+  variable-length ``Instances``. It is what the model runs, and what Detectron2's RetinaNet
+  computes.
 * :func:`select_detections_padded` (export): all images at once, in tensors of a fixed size [N, D]
   plus a count per image, with no Python loop or branch on data, so that ``torch.jit.trace``,
   ``torch.export`` and ONNX can capture it with a dynamic batch and image size.
 """
 
+import math
 from typing import List, NamedTuple, Tuple
 
 import torch
@@ -64,9 +67,11 @@ def top_candidates(
     boxes, scores, classes = [], [], []
     for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
         num_images, num_classes = logits_l.shape[0], logits_l.shape[-1]
-        scores_l = logits_l.detach().flatten(1).sigmoid()  # [N, R_i * K]
-        k = _num_candidates(scores_l.shape[1], topk_candidates)
-        top_scores, top_idx = scores_l.topk(k, dim=1)  # sorted, best first
+        flat = logits_l.detach().flatten(1)  # [N, R_i * K]
+        k = _num_candidates(flat.shape[1], topk_candidates)
+        # top-k of the logits (the sigmoid is monotonic): a sigmoid for the k best pairs only
+        top_logits, top_idx = flat.topk(k, dim=1)  # sorted, best first
+        top_scores = top_logits.sigmoid()
         anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
         top_deltas = deltas_l.detach().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
         decoded = box2box_transform.apply_deltas(
@@ -97,54 +102,91 @@ def select_detections(
         N ``Instances`` with ``pred_boxes`` (XYXY pixels), ``scores`` (sigmoid probabilities),
         ``pred_classes``.
     """
+    boxes, scores, classes, image_idx = _candidates(
+        anchors, logits, deltas, len(image_sizes), box2box_transform, settings
+    )
     results: List[Instances] = []
     for i, image_size in enumerate(image_sizes):
-        boxes, scores, classes = _image_candidates(
-            i, anchors, logits, deltas, box2box_transform, settings
-        )
-        keep = batched_nms(boxes, scores, classes, settings.nms_thresh)
+        rows = (image_idx == i).nonzero().squeeze(1)  # level by level, as Detectron2 orders them
+        image_boxes, image_scores, image_classes = boxes[rows], scores[rows], classes[rows]
+        keep = batched_nms(image_boxes, image_scores, image_classes, settings.nms_thresh)
         keep = keep[: settings.max_detections_per_image]
         # fields set one by one: the form TorchScript's Instances takes
         instances = Instances(image_size)
-        instances.pred_boxes = Boxes(boxes[keep])
-        instances.scores = scores[keep]
-        instances.pred_classes = classes[keep]
+        instances.pred_boxes = Boxes(image_boxes[keep])
+        instances.scores = image_scores[keep]
+        instances.pred_classes = image_classes[keep]
         results.append(instances)
     return results
 
 
-def _image_candidates(
-    image: int,
+def candidate_logit_bound(score_thresh: float, dtype: torch.dtype) -> float:
+    """A logit at or below which no sigmoid of ``dtype`` exceeds ``score_thresh``: logit(t - slack)
+    with a slack far above the sigmoid's rounding (1e-4 in float32/64, 0.02 in 16-bit floats), -inf
+    where that is <= 0, +inf for t >= 1."""
+    if score_thresh >= 1.0:
+        return math.inf
+    slack = 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 0.02
+    low = score_thresh - slack
+    if low <= 0.0:
+        return -math.inf
+    return math.log(low / (1.0 - low))
+
+
+def _candidates(
     anchors: List[Boxes],
     logits: List[Tensor],
     deltas: List[Tensor],
+    num_images: int,
     box2box_transform: Box2BoxTransform,
     settings: DetectionSettings,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Image ``image``'s candidates over all levels: decoded boxes [C, 4], scores [C], classes [C];
-    per level the best ``settings.topk_candidates`` (anchor, class) pairs above the score
-    threshold."""
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every image's candidates: per level and image the best ``settings.topk_candidates`` (anchor,
+    class) pairs whose score exceeds ``settings.score_thresh``, decoded.
+
+    One comparison per level covers all images, on the logits (the sigmoid is monotonic), so that
+    only the pairs near or above the threshold get a sigmoid; the exact test ``sigmoid > thresh``
+    then runs on those, and the top-k on each image's survivors in their flat order: the pairs and
+    order of Detectron2's per-image loop, which takes the sigmoid of every pair in float32. The
+    scores here are the float64 sigmoid rounded to the logits' dtype, within one unit in the last
+    place of Detectron2's float32 ones, and the same wherever a pair sits in the tensor.
+
+    Returns:
+        boxes [C, 4] (XYXY pixels), scores [C], classes [C] (int64), image_idx [C] (int64); level
+        by level, within a level image by image, each image's pairs best first.
+    """
     boxes: List[Tensor] = []
     scores: List[Tensor] = []
     classes: List[Tensor] = []
+    images: List[Tensor] = []
     for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas):
         num_classes = logits_l.shape[-1]
-        scores_l = logits_l[image].detach().flatten().sigmoid()  # [R_i * K]
-        # Threshold first, then top-k of what passed: a top-k over all R_i * K pairs costs far more
-        # on a CPU.
-        candidates = (scores_l > settings.score_thresh).nonzero().squeeze(1)
-        num_kept = min(settings.topk_candidates, candidates.numel())
-        top_scores, order = scores_l[candidates].topk(num_kept)
-        pair_idx = candidates[order]
+        flat = logits_l.detach().flatten(1)  # [N, R_i * K]
+        bound = candidate_logit_bound(settings.score_thresh, flat.dtype)
+        near = (flat > bound).nonzero()  # [M, 2] (image, pair), image-major
+        # a float32 sigmoid's last bit depends on where the pair sits (SIMD lanes or scalar tail)
+        near_scores = flat[near[:, 0], near[:, 1]].double().sigmoid().to(flat.dtype)
+        above = (near_scores > settings.score_thresh).nonzero().squeeze(1)
+        image_l, pair_l, score_l = near[above, 0], near[above, 1], near_scores[above]
+        counts: List[int] = torch.bincount(image_l, minlength=num_images).tolist()
+        best: List[Tensor] = []
+        start = 0
+        for count in counts:  # each image's survivors, a contiguous run
+            order = score_l[start : start + count].topk(min(settings.topk_candidates, count))[1]
+            best.append(order + start)
+            start += count
+        rows = torch.cat(best)
+        pair_idx, image = pair_l[rows], image_l[rows]
         anchor_idx = torch.div(pair_idx, num_classes, rounding_mode="floor")
         boxes.append(
             box2box_transform.apply_deltas(
                 deltas_l[image, anchor_idx].detach(), anchors_l.tensor[anchor_idx]
             )
         )
-        scores.append(top_scores)
+        scores.append(score_l[rows])
         classes.append(pair_idx % num_classes)
-    return torch.cat(boxes), torch.cat(scores), torch.cat(classes)
+        images.append(image)
+    return torch.cat(boxes), torch.cat(scores), torch.cat(classes), torch.cat(images)
 
 
 def nms_per_image_and_class(

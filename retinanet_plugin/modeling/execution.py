@@ -13,14 +13,15 @@ INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
 # "none", then torch.compile's modes
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-__all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "network_execution"]
+__all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "compiled", "network_execution"]
 
 
 def network_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
-    """``RetinaNetPlugin``'s ``channels_last``, ``bfloat16_inference`` and ``compile_mode`` from
-    ``MEMORY_FORMAT`` ("auto": channels-last on the CPU, at inference and in training under
-    autocast), ``INFERENCE_DTYPE`` ("auto": bfloat16 on a CPU with bfloat16 instructions) and
-    ``COMPILE`` ("none": None); a value outside their choices is an error naming the key."""
+    """``RetinaNetPlugin``'s ``channels_last``, ``bfloat16_inference``, ``compile_mode`` and
+    ``compile_freezing`` from ``MEMORY_FORMAT`` ("auto": channels-last on the CPU, at inference and
+    in training under autocast), ``INFERENCE_DTYPE`` ("auto": bfloat16 on a CPU with bfloat16
+    instructions), ``COMPILE`` ("none": None) and ``COMPILE_FREEZING``; a value outside their
+    choices is an error naming the key."""
     plugin = cfg.MODEL.RETINANET_PLUGIN
     for key, choices in (
         ("MEMORY_FORMAT", MEMORY_FORMATS),
@@ -38,4 +39,17 @@ def network_execution(cfg) -> Dict[str, Union[bool, Optional[str]]]:
         "bfloat16_inference": plugin.INFERENCE_DTYPE == "bfloat16"
         or (plugin.INFERENCE_DTYPE == "auto" and on_cpu and cpu_has_native_bfloat16()),
         "compile_mode": None if plugin.COMPILE == "none" else plugin.COMPILE,
+        "compile_freezing": bool(plugin.COMPILE_FREEZING),
     }
+
+
+def compiled(function, mode: str, freezing: bool):
+    """``torch.compile(function, mode=mode)``, with Inductor's freezing passes for calls without
+    autograd when ``freezing`` (``torch.compile`` takes a mode or options, not both: the mode's
+    options, then ``freezing``)."""
+    if not freezing:
+        return torch.compile(function, mode=mode)
+    from torch._inductor import list_mode_options  # what torch.compile's docs point to
+
+    options = {**list_mode_options(mode), "freezing": True}
+    return torch.compile(function, options=options)

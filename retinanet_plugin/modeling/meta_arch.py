@@ -30,7 +30,7 @@ from ..utils.capture import is_capturing
 from ..utils.device_scalar_logger import DeviceScalarLogger
 from .anchor_labeling import DEFAULT_CHUNK_ELEMENTS, label_image_anchors
 from .detection_selection import DetectionSettings, select_detections, select_detections_padded
-from .execution import network_execution
+from .execution import compiled, network_execution
 from .head import build_retinanet_plugin_head
 from .losses import BoxRegressionLoss, ClassificationLoss, LabelledAnchors, losses_from_config
 
@@ -81,6 +81,7 @@ class RetinaNetPlugin(DenseDetector):
         channels_last: bool = False,
         bfloat16_inference: bool = False,
         compile_mode: Optional[str] = None,
+        compile_freezing: bool = False,
     ):
         """
         Args:
@@ -98,6 +99,8 @@ class RetinaNetPlugin(DenseDetector):
                 outputs back in float32).
             compile_mode: in eval mode, the backbone and head run as one ``torch.compile``d function
                 in this mode (e.g. "default", "max-autotune"), compiled here once; None: eager.
+            compile_freezing: with ``compile_mode``, Inductor's freezing passes for calls without
+                autograd (``execution.compiled``).
             Others: as Detectron2's ``RetinaNet``.
         """
         super().__init__(
@@ -134,7 +137,7 @@ class RetinaNetPlugin(DenseDetector):
         # weights (dynamo guards on the module it is given).
         network = type(self).network_outputs
         self._eval_network = (
-            network if compile_mode is None else torch.compile(network, mode=compile_mode)
+            network if compile_mode is None else compiled(network, compile_mode, compile_freezing)
         )
         # Saved in checkpoints so a resumed run continues with the same normaliser.
         self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
