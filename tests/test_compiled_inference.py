@@ -70,6 +70,24 @@ def test_compile_is_off_by_default_and_its_value_is_checked():
         build_model(cfg)
 
 
+def test_process_wide_freezing_is_warned_about(caplog):
+    """Inductor's freezing set for the whole process reaches dynamo, which may then bake the
+    weights in: building a compiled function says so."""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    from retinanet_plugin.modeling.execution import compiled
+
+    with caplog.at_level(logging.WARNING), inductor_config.patch(freezing=True):
+        compiled(lambda x: x + 1, "default", True)  # compiles lazily: nothing runs here
+    assert "freezing is on for the whole process" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        compiled(lambda x: x + 1, "default", True)
+    assert "freezing" not in caplog.text
+
+
 def test_eager_models_compile_nothing(eager_model):
     before = _compiled_frames()
     inputs = [{"image": image} for image in sample_images(3)]

@@ -273,6 +273,7 @@ def test_selection_thresholds_on_the_logits_as_on_the_scores(score_thresh):
     logits = [torch.randn(3, r, 4, generator=generator) * 8 for r in sizes]
     logits[0][0, :10] = 0.0
     logits[1][2] = -30.0
+    logits[2][1, 0] = -math.inf  # score 0: kept by a negative threshold only
     deltas = [torch.zeros(3, r, 4) for r in sizes]
     anchors = [  # spaced apart so that NMS at 1.0 removes nothing
         Boxes(torch.arange(r, dtype=torch.float32)[:, None] * 10 + torch.tensor([0, 0, 5, 5.0]))

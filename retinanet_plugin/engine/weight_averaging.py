@@ -52,6 +52,7 @@ class WeightAverage:
         """Start again from the model's current state (no update counted)."""
         self.updates = 0
         self.training_weights = None
+        self.final_model = None
         self.average = self._model_state_copy()
 
     def _model_state_copy(self) -> Dict[str, torch.Tensor]:
@@ -73,12 +74,15 @@ class WeightAverage:
                 self.average[name].copy_(value)
         torch._foreach_lerp_(averaged, current, 1.0 - decay)
         self.updates += 1
+        self.final_model = None  # a loaded final model is no longer the average
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
-        """Give the model the averaged weights and buffers, keeping the ones they replace."""
+        """Give the model the averaged weights and buffers, keeping the ones they replace; after
+        loading a final checkpoint and no update since, its model (the average as it was saved
+        and evaluated: precise-BN statistics included)."""
         self.training_weights = self._model_state_copy()
-        self.model.load_state_dict(self.average)
+        self.model.load_state_dict(self.average if self.final_model is None else self.final_model)
 
     def holds_model(self) -> bool:
         """Whether the model holds the average (:meth:`copy_to_model` ran since the last load)."""
@@ -103,7 +107,10 @@ class WeightAverage:
             value.copy_(saved)
         self.updates = int(state["updates"])
         self.training_weights = None
+        self.final_model = None
         if "training_weights" in state:  # saved after copy_to_model: the model holds the average
+            # (the checkpointer loads the model before its other entries)
+            self.final_model = self._model_state_copy()
             self.model.load_state_dict(state["training_weights"])
 
 
@@ -128,8 +135,8 @@ class WeightAverageHook(HookBase):
     def after_train(self):
         # A run that had nothing left to train (``--resume`` from a checkpoint at or past
         # ``SOLVER.MAX_ITER``: no step ran, so ``after_step`` never gave the model the average)
-        # ends with the average too; ``trainer.iter`` reaches ``max_iter`` only when training
-        # ended without an error.
+        # ends with the average too (the final checkpoint's model, if it resumed from that). After
+        # steps, ``trainer.iter`` reaches ``max_iter`` only when they all ran.
         if self.trainer.iter >= self.trainer.max_iter and not self.average.holds_model():
             self.average.copy_to_model()
 

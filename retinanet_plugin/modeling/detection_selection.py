@@ -121,15 +121,15 @@ def select_detections(
 
 
 def candidate_logit_bound(score_thresh: float, dtype: torch.dtype) -> float:
-    """A logit at or below which no sigmoid of ``dtype`` exceeds ``score_thresh``: logit(t - slack)
-    with a slack far above the sigmoid's rounding (1e-4 in float32/64, 0.02 in 16-bit floats), -inf
-    where that is <= 0, +inf for t >= 1."""
+    """A logit below which no sigmoid of ``dtype`` exceeds ``score_thresh``: logit(t * (1 - slack))
+    with a relative slack far above the sigmoid's rounding (1e-4 in float32/64, 0.02 in 16-bit
+    floats); -inf for t <= 0 (every pair), +inf for t >= 1 (none)."""
     if score_thresh >= 1.0:
         return math.inf
-    slack = 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 0.02
-    low = score_thresh - slack
-    if low <= 0.0:
+    if score_thresh <= 0.0:
         return -math.inf
+    slack = 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 0.02
+    low = score_thresh * (1.0 - slack)
     return math.log(low / (1.0 - low))
 
 
@@ -163,7 +163,7 @@ def _candidates(
         num_classes = logits_l.shape[-1]
         flat = logits_l.detach().flatten(1)  # [N, R_i * K]
         bound = candidate_logit_bound(settings.score_thresh, flat.dtype)
-        near = (flat > bound).nonzero()  # [M, 2] (image, pair), image-major
+        near = (flat >= bound).nonzero()  # [M, 2] (image, pair), image-major; -inf too at t < 0
         # a float32 sigmoid's last bit depends on where the pair sits (SIMD lanes or scalar tail)
         near_scores = flat[near[:, 0], near[:, 1]].double().sigmoid().to(flat.dtype)
         above = (near_scores > settings.score_thresh).nonzero().squeeze(1)

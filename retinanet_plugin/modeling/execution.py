@@ -2,6 +2,7 @@
 ``MODEL.RETINANET_PLUGIN`` asks for, resolved once, when the model is built, for its device and
 CPU."""
 
+import logging
 from typing import Dict, Optional, Union
 
 import torch
@@ -12,6 +13,8 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
 # "none", then torch.compile's modes
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["COMPILE_MODES", "INFERENCE_DTYPES", "MEMORY_FORMATS", "compiled", "network_execution"]
 
@@ -47,9 +50,19 @@ def compiled(function, mode: str, freezing: bool):
     """``torch.compile(function, mode=mode)``, with Inductor's freezing passes for calls without
     autograd when ``freezing`` (``torch.compile`` takes a mode or options, not both: the mode's
     options, then ``freezing``)."""
+    from torch._inductor import config as inductor_config, list_mode_options
+
+    if inductor_config.freezing:
+        # Set for the whole process (TORCHINDUCTOR_FREEZING=1 or torch._inductor.config), freezing
+        # reaches dynamo too, which then bakes the parameters into the compiled code as constants:
+        # a checkpoint loaded later, or the next evaluation during training, would run the old ones.
+        logger.warning(
+            "torch._inductor.config.freezing is on for the whole process: the compiled network "
+            "may keep the weights it first ran with (unset TORCHINDUCTOR_FREEZING; "
+            "MODEL.RETINANET_PLUGIN.COMPILE_FREEZING applies the freezing passes without that)"
+        )
     if not freezing:
         return torch.compile(function, mode=mode)
-    from torch._inductor import list_mode_options  # what torch.compile's docs point to
 
     options = {**list_mode_options(mode), "freezing": True}
     return torch.compile(function, options=options)
