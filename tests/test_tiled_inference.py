@@ -22,10 +22,16 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
 from conftest import REPO_ROOT
-from retinanet_plugin.engine.tiled_inference import TiledPredictor, merge_tile_detections, tile_grid
+from retinanet_plugin.engine.tiled_inference import (
+    TiledPredictor,
+    cross_tile_nms,
+    merge_tile_detections,
+    tile_grid,
+)
 from script_module import load_script  # a helper beside the tests
 
 SYNTHETIC = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_synthetic.yaml")
@@ -230,6 +236,31 @@ def test_merge_is_class_aware_and_drops_cut_pieces_covered_by_another_tile():
         zip(merged.pred_classes.tolist(), [tuple(b) for b in merged.pred_boxes.tensor.tolist()])
     )
     assert got == [(0, (70, 10, 90, 30)), (0, (80, 50, 110, 70)), (1, (70, 10, 90, 30))]
+
+
+def test_only_boxes_of_another_tile_suppress():
+    """Two boxes of one tile overlapping above the threshold both stay (the model's NMS kept them);
+    a duplicate from the other tile goes; with every box in a tile of its own the merge is plain
+    class-aware NMS."""
+    left, right = (0, 0, 100, 100), (60, 0, 160, 100)
+    per_tile = [
+        # two class-0 boxes overlapping at IoU 0.6, both kept by the model (the box-cut rule
+        # leaves them: neither touches the inner edge at x = 100)
+        (left, _instances((100, 100), [[60, 10, 80, 30], [62, 10, 82, 30]], [0, 0], [0.9, 0.8])),
+        # the first again from the right tile (IoU 1 with it), lower score
+        (right, _instances((100, 100), [[0, 10, 20, 30]], [0], [0.7])),
+    ]
+    merged = merge_tile_detections(per_tile, (100, 160), nms_thresh=0.5)
+    assert merged.scores.tolist() == pytest.approx([0.9, 0.8])
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(300, 2, generator=generator) * 200
+    boxes = torch.cat([corners, corners + 10 + torch.rand(300, 2, generator=generator) * 40], 1)
+    scores = torch.rand(300, generator=generator)
+    classes = torch.randint(0, 3, (300,), generator=generator)
+    expected = batched_nms(boxes, scores, classes, 0.5)
+    actual = cross_tile_nms(boxes, scores, classes, torch.arange(300), 0.5, block=64)
+    assert 0 < len(actual) < 300 and torch.equal(actual, expected)
 
 
 def test_one_tile_as_large_as_the_image_gives_the_models_own_detections():

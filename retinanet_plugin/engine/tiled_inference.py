@@ -13,10 +13,11 @@ to image coordinates and merges them:
    image's border) is dropped when a detection of the same class from another tile covers at least
    ``cut_cover`` of it: the object lies whole in that tile, which the overlap ensures for objects
    smaller than the overlap;
-2. class-aware NMS across all tiles (``nms_thresh``, ``MODEL.RETINANET.NMS_THRESH_TEST`` by default)
-   removes the duplicates of objects seen whole in two tiles (with one tile there is nothing to
-   merge: its detections, which the model's own NMS made, are kept as they are; a second NMS on
-   boxes that ``detector_postprocess`` has clipped could remove some of them);
+2. class-aware NMS across tiles (``nms_thresh``, ``MODEL.RETINANET.NMS_THRESH_TEST`` by default;
+   :func:`cross_tile_nms`) removes the duplicates of objects seen whole in two tiles; only a box of
+   another tile suppresses, since a tile's detections have had the model's own NMS (a second one on
+   boxes that ``detector_postprocess`` has clipped could remove some of them; one tile as large as
+   the image gives the model's own detections);
 3. the best ``max_detections`` are kept.
 
 Objects larger than the overlap are cut in every tile; their pieces may survive as separate boxes.
@@ -27,10 +28,10 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
+from torchvision.ops import box_iou
 
-__all__ = ["TiledPredictor", "merge_tile_detections", "tile_grid"]
+__all__ = ["TiledPredictor", "cross_tile_nms", "merge_tile_detections", "tile_grid"]
 
 Tile = Tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
 
@@ -125,14 +126,52 @@ def merge_tile_detections(
             covered &= _area(boxes[cols])[None, :] > _area(boxes[block])[:, None]
             keep[block[covered.any(dim=1)]] = False
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    if len(per_tile) == 1:
-        kept = scores.argsort(descending=True, stable=True)[:max_detections]
-    else:
-        kept = batched_nms(boxes, scores, classes, nms_thresh)[:max_detections]
+    kept = cross_tile_nms(boxes, scores, classes, tile_index[keep], nms_thresh)[:max_detections]
     merged.pred_boxes = Boxes(boxes[kept])
     merged.scores = scores[kept]
     merged.pred_classes = classes[kept]
     return merged
+
+
+def cross_tile_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    tile_index: torch.Tensor,
+    nms_thresh: float,
+    block: int = 512,
+) -> torch.Tensor:
+    """Greedy class-aware NMS in which only a box of another tile suppresses: a tile's detections
+    have had the model's own NMS, and a second one on them (after ``detector_postprocess`` clipped
+    some) could remove objects the model kept.
+
+    Args:
+        boxes [M, 4] XYXY, scores [M], classes [M], tile_index [M].
+    Returns:
+        indices of the kept boxes, by decreasing score (ties in input order).
+    """
+    order = scores.argsort(descending=True, stable=True)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    for k in classes.unique().tolist():
+        members = order[classes[order] == k]  # this class, best first
+        member_boxes, member_tiles = boxes[members], tile_index[members]
+        # pairs (i, j), i before j, of different tiles overlapping above the threshold: few (the
+        # duplicates in the tiles' overlaps), found in bounded [block, n] slices
+        edges = []
+        for start in range(0, len(members), block):
+            iou = box_iou(member_boxes[start : start + block], member_boxes)
+            rows = torch.arange(start, start + len(iou))[:, None]
+            later = torch.arange(len(members))[None, :] > rows
+            other_tile = member_tiles[start : start + block, None] != member_tiles[None, :]
+            i, j = torch.nonzero((iou > nms_thresh) & later & other_tile, as_tuple=True)
+            edges.append(torch.stack([i + start, j], dim=1))
+        edges = torch.cat(edges).tolist() if edges else []
+        gone = set()
+        for i, j in edges:  # by i, in score order: a box suppresses only while it is kept
+            if i not in gone:
+                gone.add(j)
+        suppressed[members[sorted(gone)]] = True
+    return order[~suppressed[order]]
 
 
 def _area(boxes: torch.Tensor) -> torch.Tensor:
