@@ -37,6 +37,7 @@ __all__ = [
     "read_records",
     "relative_loss_differences",
     "run_launch",
+    "run_two_workers",
     "spawn_command",
     "torchrun_command",
     "worker_env",
@@ -279,3 +280,24 @@ def run_launch(
         [p.pid for p in procs],
         cpu_seconds,
     )
+
+
+def run_two_workers(script_text: str, folder, *args: str, timeout: float = 120) -> List[tuple]:
+    """Runs ``script_text`` (written to ``folder/worker.py``) as ranks 0 and 1, each given the
+    arguments RANK PORT FOLDER *args (PORT: a free loopback port for their process group, FOLDER for
+    their outputs); returns (output, return code) per rank."""
+    script = os.path.join(str(folder), "worker.py")
+    with open(script, "w") as f:
+        f.write(script_text)
+    port = str(free_port())
+    workers = [
+        subprocess.Popen(
+            [sys.executable, script, str(rank), port, str(folder), *args],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    return [(w.communicate(timeout=timeout)[0], w.returncode) for w in workers]

@@ -32,11 +32,16 @@ logger = logging.getLogger(__name__)
 TTA_DONE = "Evaluation with test-time augmentation done"
 
 
-def wrap_for_distributed(model: torch.nn.Module) -> torch.nn.Module:
+def wrap_for_distributed(model: torch.nn.Module, mixed_precision: bool = False) -> torch.nn.Module:
     """DDP when there are several processes: on the process's GPU, or (GLOO, no ``device_ids``) on
-    the CPU."""
+    the CPU. A model that trains channels-last (under mixed precision, ``model.channels_last``:
+    ``MODEL.RETINANET_PLUGIN.MEMORY_FORMAT``) gets channels-last weights first, so that their
+    gradients come in the layout of DDP's buckets (else PyTorch warns "Grad strides do not match
+    bucket view strides" and copies every gradient at every step); the values are unchanged."""
     if comm.get_world_size() == 1:
         return model
+    if mixed_precision and getattr(model, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
     on_cuda = next(model.parameters()).device.type == "cuda"
     device_ids = [comm.get_local_rank()] if on_cuda else None
     return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
@@ -65,7 +70,7 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = wrap_for_distributed(model)
+        model = wrap_for_distributed(model, cfg.SOLVER.AMP.ENABLED)
         if cfg.SOLVER.AMP.ENABLED:
             device_type = torch.device(cfg.MODEL.DEVICE).type
             precision = amp_dtype_for(cfg.MODEL.RETINANET_PLUGIN.AMP_DTYPE, device_type)
