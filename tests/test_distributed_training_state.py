@@ -103,17 +103,18 @@ LAYOUT_WORKER = textwrap.dedent(
 @pytest.mark.parametrize("mixed_precision", [True, False])
 def test_channels_last_training_gets_weights_that_fit_ddps_buckets(tmp_path, mixed_precision):
     """Under mixed precision the weights become channels-last (same values) and every gradient has
-    its weight's strides, which DDP's bucket views have (otherwise PyTorch warns "Grad strides do
-    not match bucket view strides" and copies it); without it (float32 training runs NCHW) the
-    weights keep their layout."""
+    its weight's strides, which DDP's bucket views have: PyTorch's "Grad strides do not match
+    bucket view strides" stays silent. Told the training is not mixed-precision (float32 training
+    runs NCHW), the weights keep their layout, and the same bf16 step (here, with channels-last
+    activations) makes DDP warn: the 1x1 convolution's gradient is the one that differs."""
     mode = "amp" if mixed_precision else "fp32"
     for output, returncode in run_two_workers(LAYOUT_WORKER, tmp_path, mode):
         assert returncode == 0, output
+        assert ("Grad strides do not match bucket view strides" in output) != mixed_precision
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["same_values"]
-        if mixed_precision:
-            assert result["grad_strides_fit"]
+        assert result["grad_strides_fit"] == mixed_precision
         assert result["weight_channels_last"] == mixed_precision
 
 
@@ -128,3 +129,30 @@ def test_the_trainers_evaluation_synchronises_the_buffers_first(monkeypatch, sma
     model = build_model(cfg)
     trainer.RetinaNetPluginTrainer.test(cfg, model)
     assert calls == [model]
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_the_trainer_tells_the_wrapper_whether_training_is_mixed_precision(
+    monkeypatch, tmp_path, datasets_root, amp
+):
+    from retinanet_plugin import model_zoo
+    from retinanet_plugin.data.synthetic_shapes import DATASET_DIRNAME, register_synthetic_shapes
+    from retinanet_plugin.engine import trainer
+
+    seen = []
+
+    def wrap(model, mixed_precision=False):
+        seen.append(mixed_precision)
+        return model
+
+    monkeypatch.setattr(trainer, "wrap_for_distributed", wrap)
+    cfg = model_zoo.get_config("synthetic/retinanet_R18_synthetic.yaml")
+    cfg.merge_from_list(
+        ["SOLVER.AMP.ENABLED", str(amp), "OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", "0"]
+    )
+    register_synthetic_shapes(str(datasets_root / DATASET_DIRNAME))
+    try:
+        trainer.RetinaNetPluginTrainer(cfg)
+    finally:
+        register_synthetic_shapes()
+    assert seen == [amp]

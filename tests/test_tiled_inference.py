@@ -244,7 +244,7 @@ def test_only_boxes_of_another_tile_suppress():
     class-aware NMS."""
     left, right = (0, 0, 100, 100), (60, 0, 160, 100)
     per_tile = [
-        # two class-0 boxes overlapping at IoU 0.6, both kept by the model (the box-cut rule
+        # two class-0 boxes overlapping at IoU 0.82, both kept by the model (the box-cut rule
         # leaves them: neither touches the inner edge at x = 100)
         (left, _instances((100, 100), [[60, 10, 80, 30], [62, 10, 82, 30]], [0, 0], [0.9, 0.8])),
         # the first again from the right tile (IoU 1 with it), lower score
@@ -259,7 +259,7 @@ def test_only_boxes_of_another_tile_suppress():
     scores = torch.rand(300, generator=generator)
     classes = torch.randint(0, 3, (300,), generator=generator)
     expected = batched_nms(boxes, scores, classes, 0.5)
-    actual = cross_tile_nms(boxes, scores, classes, torch.arange(300), 0.5, block=64)
+    actual = cross_tile_nms(boxes, scores, classes, torch.arange(300), 0.5, max_pairs=64 * 110)
     assert 0 < len(actual) < 300 and torch.equal(actual, expected)
 
 

@@ -139,29 +139,32 @@ def cross_tile_nms(
     classes: torch.Tensor,
     tile_index: torch.Tensor,
     nms_thresh: float,
-    block: int = 512,
+    max_pairs: int = 2**22,
 ) -> torch.Tensor:
     """Greedy class-aware NMS in which only a box of another tile suppresses: a tile's detections
     have had the model's own NMS, and a second one on them (after ``detector_postprocess`` clipped
     some) could remove objects the model kept.
 
     Args:
-        boxes [M, 4] XYXY, scores [M], classes [M], tile_index [M].
+        boxes [M, 4] XYXY, scores [M], classes [M], tile_index [M] (any one device).
+        max_pairs: IoUs computed at once (about 36 bytes each with their temporaries).
     Returns:
         indices of the kept boxes, by decreasing score (ties in input order).
     """
     order = scores.argsort(descending=True, stable=True)
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
     for k in classes.unique().tolist():
         members = order[classes[order] == k]  # this class, best first
         member_boxes, member_tiles = boxes[members], tile_index[members]
         # pairs (i, j), i before j, of different tiles overlapping above the threshold: few (the
         # duplicates in the tiles' overlaps), found in bounded [block, n] slices
         edges = []
+        block = max(1, max_pairs // len(members))
+        columns = torch.arange(len(members), device=boxes.device)[None, :]
         for start in range(0, len(members), block):
             iou = box_iou(member_boxes[start : start + block], member_boxes)
-            rows = torch.arange(start, start + len(iou))[:, None]
-            later = torch.arange(len(members))[None, :] > rows
+            rows = torch.arange(start, start + len(iou), device=boxes.device)[:, None]
+            later = columns > rows
             other_tile = member_tiles[start : start + block, None] != member_tiles[None, :]
             i, j = torch.nonzero((iou > nms_thresh) & later & other_tile, as_tuple=True)
             edges.append(torch.stack([i + start, j], dim=1))

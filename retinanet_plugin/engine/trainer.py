@@ -36,8 +36,9 @@ def wrap_for_distributed(model: torch.nn.Module, mixed_precision: bool = False) 
     """DDP when there are several processes: on the process's GPU, or (GLOO, no ``device_ids``) on
     the CPU. A model that trains channels-last (under mixed precision, ``model.channels_last``:
     ``MODEL.RETINANET_PLUGIN.MEMORY_FORMAT``) gets channels-last weights first, so that their
-    gradients come in the layout of DDP's buckets (else PyTorch warns "Grad strides do not match
-    bucket view strides" and copies every gradient at every step); the values are unchanged."""
+    gradients have the strides of DDP's bucket views (the 1x1 convolutions' channels-last
+    gradients differ from NCHW weights in the strides of their size-1 dims: PyTorch then warns
+    "Grad strides do not match bucket view strides" and copies them); the values are unchanged."""
     if comm.get_world_size() == 1:
         return model
     if mixed_precision and getattr(model, "channels_last", False):
