@@ -168,7 +168,7 @@ def cross_tile_nms(
             other_tile = member_tiles[start : start + block, None] != member_tiles[None, :]
             i, j = torch.nonzero((iou > nms_thresh) & later & other_tile, as_tuple=True)
             edges.append(torch.stack([i + start, j], dim=1))
-        edges = torch.cat(edges).tolist() if edges else []
+        edges = torch.cat(edges).tolist()  # one slice at least: the class has a member
         gone = set()
         for i, j in edges:  # by i, in score order: a box suppresses only while it is kept
             if i not in gone:
