@@ -22,6 +22,7 @@ def add_retinanet_plugin_config(cfg):
     _add_loss_keys(node)
     _add_training_keys(node)
     _add_execution_keys(node)
+    _add_test_time_augmentation_keys(node)
     cfg.MODEL.RETINANET_PLUGIN = node
     _add_dataset_keys(cfg)
     return cfg
@@ -147,6 +148,28 @@ def _add_execution_keys(node: CN) -> None:
     # The weights stay inputs of the compiled code: detections follow a weight change
     # (tests/test_compiled_inference.py). False: torch.compile's mode alone.
     node.COMPILE_FREEZING = True
+
+
+def _add_test_time_augmentation_keys(node: CN) -> None:
+    """How test-time augmentation merges the detections of its views."""
+    # Test-time augmentation (TEST.AUG, Detectron2's keys, says which views) merges the views'
+    # detections with these (retinanet_plugin.modeling.tta_merge). The defaults are class-aware
+    # NMS at MODEL.RETINANET.NMS_THRESH_TEST alone, keeping each box's best score (Detectron2's
+    # merge for its R-CNN test-time augmentation).
+    node.TTA = CN()
+    # Box voting: each box NMS keeps becomes the score-weighted mean of the boxes of its class, from
+    # every view, that overlap it by at least this IoU. 0: off (the kept box as it is).
+    node.TTA.VOTING_IOU = 0.0
+    # A kept box's score: "best" (its own, the best of its cluster) or "best_and_consensus" (needs
+    # VOTING_IOU > 0: the mean of its own score and the views' consensus, the sum of its voters'
+    # scores divided by the number of views, at most 1; a box only one view finds scores about
+    # half, which keeps a picture drawn at a 0.5 threshold from showing what one view alone
+    # believes).
+    node.TTA.SCORE = "best"
+    # After the class-aware merge, boxes of different classes that overlap by more than this IoU
+    # keep only the best-scored one (one object, one label). 1.0: off. Objects of different classes
+    # that overlap this much (a rider on a horse) lose one of them: for data where they do not.
+    node.TTA.CROSS_CLASS_NMS_THRESH = 1.0
 
 
 def _add_dataset_keys(cfg) -> None:

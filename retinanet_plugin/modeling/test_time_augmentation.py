@@ -1,5 +1,6 @@
 """Test-time augmentation for the plugin's RetinaNet: the model run at several input sizes (and
-mirrored), its detections mapped back to the image and merged by class-aware NMS.
+mirrored), its detections mapped back to the image and merged (``tta_merge``: class-aware NMS,
+optionally box voting, a consensus score and cross-class NMS).
 
 Detectron2 has test-time augmentation for R-CNN only (``GeneralizedRCNNWithTTA``); this one reads
 the same keys, ``TEST.AUG.MIN_SIZES``, ``TEST.AUG.MAX_SIZE`` and ``TEST.AUG.FLIP``, and makes the
@@ -13,9 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.layers import batched_nms
 from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
+
+from .tta_merge import ViewMerge
 
 __all__ = ["RetinaNetPluginWithTTA"]
 
@@ -31,18 +33,20 @@ class RetinaNetPluginWithTTA(nn.Module):
     ``TEST.AUG.FLIP``, its mirror image too, each resized from the given image: give the images
     at their own size (``INPUT.MIN_SIZE_TEST`` 0, as ``test_with_TTA`` does), or the larger sizes
     are upsampled from a smaller copy. The model's detections on each input are mapped back through
-    that input's transforms, and all of them are merged by class-aware NMS at the model's
-    ``test_nms_thresh``, keeping its ``max_detections_per_image`` best. The inputs of one size (an
-    image and its mirror) go through the model in one forward; an image given as floats is
-    resized as uint8, as the test loader gives it.
+    that input's transforms, and all of them are merged by ``merge`` (default ``ViewMerge(cfg,
+    model)``: class-aware NMS at the model's ``test_nms_thresh``, then what
+    ``MODEL.RETINANET_PLUGIN.TTA`` adds), keeping its ``max_detections_per_image`` best. The
+    inputs of one size (an image and its mirror) go through the model in one forward; an image
+    given as floats is resized as uint8, as the test loader gives it.
     """
 
-    def __init__(self, cfg, model: nn.Module, tta_mapper=None):
+    def __init__(self, cfg, model: nn.Module, tta_mapper=None, merge=None):
         super().__init__()
         if isinstance(model, DistributedDataParallel):
             model = model.module
         self.model = model
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
+        self.merge = merge if merge is not None else ViewMerge(cfg, model)
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, Instances]]:
         return [{"instances": self._detect(inputs)} for inputs in batched_inputs]
@@ -74,12 +78,12 @@ class RetinaNetPluginWithTTA(nn.Module):
                 boxes.append(torch.as_tensor(mapped, dtype=torch.float32).reshape(-1, 4))
                 scores.append(detections.scores.detach().cpu())
                 classes.append(detections.pred_classes.detach().cpu())
-        boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
-        keep = batched_nms(boxes, scores, classes, self.model.test_nms_thresh)
-        keep = keep[: self.model.max_detections_per_image]
+        boxes, scores, classes = self.merge(
+            torch.cat(boxes), torch.cat(scores), torch.cat(classes), view_count=len(augmented)
+        )
         result = Instances(size)
-        result.pred_boxes = Boxes(boxes[keep].to(device))
+        result.pred_boxes = Boxes(boxes.to(device))
         result.pred_boxes.clip(size)
-        result.scores = scores[keep].to(device)
-        result.pred_classes = classes[keep].to(device)
+        result.scores = scores.to(device)
+        result.pred_classes = classes.to(device)
         return result
