@@ -158,18 +158,19 @@ def _add_test_time_augmentation_keys(node: CN) -> None:
     # merge for its R-CNN test-time augmentation).
     node.TTA = CN()
     # Box voting: each box NMS keeps becomes the score-weighted mean of the boxes of its class, from
-    # every view, that overlap it by at least this IoU. 0: off (the kept box as it is).
+    # every view, that overlap it by at least this IoU (its voters, itself included). 0: off (the
+    # kept box as it is).
     node.TTA.VOTING_IOU = 0.0
-    # A kept box's score: "best" (its own, the best of its cluster) or "best_and_consensus" (needs
-    # VOTING_IOU > 0: the mean of its own score and the views' consensus, the sum of its voters'
-    # scores divided by the number of views, at most 1; a box only one view finds scores about
-    # half, which keeps a picture drawn at a 0.5 threshold from showing what one view alone
-    # believes).
+    # A kept box's score: "best" (its own, the best of the boxes NMS suppressed for it) or
+    # "best_and_consensus" (needs VOTING_IOU > 0): the mean of its own score and the views'
+    # consensus, the sum of its voters' scores divided by the number of views, at most 1. A box
+    # that one view alone finds then scores about half, which keeps a picture drawn at a 0.5
+    # threshold from showing what one view alone believes.
     node.TTA.SCORE = "best"
-    # After the class-aware merge, boxes of different classes that overlap by more than this IoU
-    # keep only the best-scored one (one object, one label). 1.0: off. Objects of different classes
-    # that overlap this much (a rider on a horse) lose one of them: for data where they do not.
-    node.TTA.CROSS_CLASS_NMS_THRESH = 1.0
+    # Last, NMS over all classes at this IoU: of boxes that overlap by more, whatever their
+    # classes, only the best-scored stays (one object, one label). 1.0: off. Only for data whose
+    # objects of different classes never overlap this much (a rider on a horse would lose a label).
+    node.TTA.CLASS_AGNOSTIC_NMS_THRESH = 1.0
 
 
 def _add_dataset_keys(cfg) -> None:

@@ -35,9 +35,9 @@ def _inference_inputs(seed=0):
 def _model(fold, memory_format, weights_from=None, overrides=()):
     cfg = make_small_cfg()
     cfg.merge_from_list([FOLD, str(fold), MEMORY_FORMAT, memory_format, *overrides])
+    torch.manual_seed(0)  # the initial weights do not depend on the tests that ran before
     model = build_model(cfg)
     if weights_from is None:
-        torch.manual_seed(0)
         make_weights_sane(model, _inference_inputs(), torch.Generator().manual_seed(2))
     else:
         model.load_state_dict(weights_from.state_dict())
@@ -86,7 +86,7 @@ def test_training_is_unchanged_by_folding_and_the_default_memory_format(referenc
 def test_mixed_precision_training_runs_channels_last_where_inference_does(reference_model):
     """In training, "auto" makes the activations channels-last on the CPU under autocast only
     (float32 training stays NCHW), "contiguous" never; both layouts give the same bfloat16 losses
-    and gradients to bfloat16's precision."""
+    and gradients to bfloat16's precision (cosine > 0.99 over all of them, > 0.95 per tensor)."""
     bf16 = {}
     for memory_format in ("auto", "contiguous"):
         model = _model(False, memory_format, weights_from=reference_model).train()
@@ -109,11 +109,19 @@ def test_mixed_precision_training_runs_channels_last_where_inference_does(refere
     for k in losses_a:
         torch.testing.assert_close(losses_a[k], losses_b[k], rtol=3e-2, atol=1e-3)
     assert set(grads_a) == set(grads_b) and grads_a
+
+    def cosine(a, b):
+        return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), 0)
+
+    names = sorted(grads_a)
+    everything = [torch.cat([grads[n].flatten() for n in names]) for grads in (grads_a, grads_b)]
+    assert cosine(*everything) > 0.99
     largest = max(g.norm() for g in grads_b.values())
-    for name in grads_a:
-        a, b = grads_a[name].flatten().double(), grads_b[name].flatten().double()
-        if b.norm() > 1e-4 * largest:  # not the ~0 gradients of biases that a norm cancels
-            assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.98, name
+    for name in names:
+        # per tensor, bfloat16's rounding in two layouts moves a small gradient more (a layer whose
+        # channels the layout mixed up would be far below)
+        if grads_b[name].norm() > 1e-4 * largest:  # not the ~0 gradients a norm cancels
+            assert cosine(grads_a[name], grads_b[name]) > 0.95, name
 
 
 def test_folded_detections_equal_unfolded_ones_to_rounding(reference_model):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import (
     ANCHOR_GENERATOR_REGISTRY,
     BACKBONE_REGISTRY,
@@ -40,15 +40,23 @@ def test_import_registers_components_under_distinct_names():
 def test_every_plugin_key_is_documented_beside_its_default():
     source = (Path(retinanet_plugin.__file__).parent / "config.py").read_text().splitlines()
     cfg = retinanet_plugin.add_retinanet_plugin_config(get_cfg())
-    keys = set(cfg.MODEL.RETINANET_PLUGIN.keys())
-    assert keys, "the plugin node is empty"
+
+    def dotted_keys(node, prefix=""):  # the keys of the node and of its sub-nodes (EMA.DECAY)
+        for key, value in node.items():
+            yield prefix + key
+            if isinstance(value, CfgNode):
+                yield from dotted_keys(value, prefix + key + ".")
+
+    keys = set(dotted_keys(cfg.MODEL.RETINANET_PLUGIN))
+    assert {"EMA.DECAY", "TTA.VOTING_IOU"} <= keys
     for key in keys:
-        lines = [i for i, line in enumerate(source) if re.match(rf"\s*node\.{key}\s*=", line)]
+        pattern = rf"\s*node\.{re.escape(key)}\s*="
+        lines = [i for i, line in enumerate(source) if re.match(pattern, line)]
         assert len(lines) == 1, f"{key} is not assigned exactly once in config.py"
         above = source[lines[0] - 1].strip()
         # a key is documented by the comment right above it, or shares the comment block of the key
         # above it
-        assert above.startswith("#") or re.match(r"node\.\w+\s*=", above), (
+        assert above.startswith("#") or re.match(r"node\.[\w.]+\s*=", above), (
             f"{key} has no comment beside it"
         )
 

@@ -4,60 +4,19 @@ to the image's pixels and merged; with one scale and no flip, the model's own de
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import make_small_cfg
 from detectron2.data import transforms as T
 from detectron2.layers import batched_nms
 from detectron2.modeling import DatasetMapperTTA, build_model
-from detectron2.structures import Boxes, Instances
 from inference_checks import assert_same_detections, eval_detections, sample_images
 from PIL import Image
 from sane_random_weights import make_weights_sane  # a helper beside the tests
+from tta_helpers import SQUARE, BrightBoxDetector, square_image
 
 from retinanet_plugin.evaluation import evaluation_folder_name
 from retinanet_plugin.modeling import RetinaNetPluginWithTTA
-
-# a bright box, not centred, so that a mirror image mapped back wrongly lands elsewhere
-SQUARE = (10, 20, 30, 35)  # x0, y0, x1, y1 in a 90 x 60 image
-
-
-class BrightBoxDetector(torch.nn.Module):
-    """Reports the bounding box of the bright pixels of its input (class 0, scored by the input's
-    height), rescaled to the input's "height"/"width" as a detector's eval mode does; records the
-    input sizes it saw."""
-
-    test_nms_thresh = 0.5
-    max_detections_per_image = 100
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, batched_inputs):
-        outputs = []
-        for inputs in batched_inputs:
-            image = inputs["image"]
-            h, w = image.shape[-2:]
-            self.seen.append((h, w))
-            ys, xs = torch.nonzero(image.float().mean(0) > 127, as_tuple=True)
-            box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-            out_h, out_w = inputs.get("height", h), inputs.get("width", w)
-            box = box * torch.tensor([out_w / w, out_h / h, out_w / w, out_h / h])
-            instances = Instances((out_h, out_w))
-            instances.pred_boxes = Boxes(box[None])
-            instances.scores = torch.tensor([h / 1000.0])
-            instances.pred_classes = torch.tensor([0])
-            outputs.append({"instances": instances})
-        return outputs
-
-
-def _square_image(height=60, width=90):
-    image = np.zeros((height, width, 3), dtype=np.uint8)
-    x0, y0, x1, y1 = SQUARE
-    image[y0:y1, x0:x1] = 255
-    return image
 
 
 def _tta_cfg(min_sizes, flip, max_size=1000):
@@ -73,7 +32,7 @@ def test_every_scale_and_mirror_image_maps_back_to_the_image():
     not, land on the original's box, and NMS merges them into one (the best-scored)."""
     detector = BrightBoxDetector()
     tta = RetinaNetPluginWithTTA(_tta_cfg((60, 120), flip=True), detector)
-    image = torch.from_numpy(_square_image()).permute(2, 0, 1)
+    image = torch.from_numpy(square_image()).permute(2, 0, 1)
     (output,) = tta([{"image": image, "height": 120, "width": 180}])
     assert sorted(detector.seen) == [(60, 90), (60, 90), (120, 180), (120, 180)]
     instances = output["instances"]
@@ -125,7 +84,7 @@ def test_the_trainer_evaluates_with_tta_on_images_read_at_their_own_size(tmp_pat
 
     images, annotations = [], []
     for i, (height, width) in enumerate(((60, 90), (120, 180))):
-        Image.fromarray(_square_image(60, 90)).resize((width, height), Image.NEAREST).save(
+        Image.fromarray(square_image(60, 90)).resize((width, height), Image.NEAREST).save(
             tmp_path / f"{i}.png"
         )
         images.append({"id": i + 1, "file_name": f"{i}.png", "height": height, "width": width})

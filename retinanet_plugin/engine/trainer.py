@@ -97,7 +97,10 @@ class RetinaNetPluginTrainer(DefaultTrainer):
         if self.weight_average is not None:
             hook_list = with_weight_average_hook(hook_list, self.weight_average)
         if self.cfg.TEST.AUG.ENABLED:  # after the plain evaluation of the final model
-            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            # built now, so that a bad TEST.AUG or MODEL.RETINANET_PLUGIN.TTA value stops the run
+            # before training, not after it
+            tta_model = RetinaNetPluginWithTTA(self.cfg, self.model)
+            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, tta_model))
             evals = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)]
             # else before the writer, the last hook, so that its results are written
             hook_list.insert(evals[-1] + 1 if evals else len(hook_list) - 1, tta)
@@ -112,9 +115,9 @@ class RetinaNetPluginTrainer(DefaultTrainer):
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
-        """``test`` of ``model`` under test-time augmentation (``TEST.AUG``:
-        ``RetinaNetPluginWithTTA``), each image read at its own size and resized by the
-        augmentation only; the results' keys end in "_TTA", their files go to
+        """``test`` of ``model`` under test-time augmentation (``TEST.AUG``: ``model`` wrapped in
+        ``RetinaNetPluginWithTTA`` unless it is one), each image read at its own size and resized
+        by the augmentation only; the results' keys end in "_TTA", their files go to
         ``OUTPUT_DIR/inference_TTA/<dataset>``."""
         if not cfg.DATASETS.TEST:
             return OrderedDict()
@@ -133,7 +136,9 @@ class RetinaNetPluginTrainer(DefaultTrainer):
             "Evaluating with test-time augmentation (TEST.AUG: shortest sides "
             f"{tuple(aug.MIN_SIZES)}, longest at most {aug.MAX_SIZE}, flip {aug.FLIP})"
         )
-        results = cls.test(tta_cfg, RetinaNetPluginWithTTA(cfg, model), evaluators)
+        if not isinstance(model, RetinaNetPluginWithTTA):
+            model = RetinaNetPluginWithTTA(cfg, model)
+        results = cls.test(tta_cfg, model, evaluators)
         logger.info(f"{TTA_DONE} (the AP table above)")
         return OrderedDict((key + "_TTA", value) for key, value in results.items())
 

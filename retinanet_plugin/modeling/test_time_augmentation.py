@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 
+from ..config import add_retinanet_plugin_config
 from .tta_merge import ViewMerge
 
 __all__ = ["RetinaNetPluginWithTTA"]
@@ -33,11 +34,13 @@ class RetinaNetPluginWithTTA(nn.Module):
     ``TEST.AUG.FLIP``, its mirror image too, each resized from the given image: give the images
     at their own size (``INPUT.MIN_SIZE_TEST`` 0, as ``test_with_TTA`` does), or the larger sizes
     are upsampled from a smaller copy. The model's detections on each input are mapped back through
-    that input's transforms, and all of them are merged by ``merge`` (default ``ViewMerge(cfg,
-    model)``: class-aware NMS at the model's ``test_nms_thresh``, then what
-    ``MODEL.RETINANET_PLUGIN.TTA`` adds), keeping its ``max_detections_per_image`` best. The
-    inputs of one size (an image and its mirror) go through the model in one forward; an image
-    given as floats is resized as uint8, as the test loader gives it.
+    that input's transforms, and all of them are merged by ``merge``, called as
+    ``merge(boxes, scores, classes, view_count)`` -> (boxes, scores, classes) best first (default
+    ``ViewMerge(cfg, model)``: class-aware NMS at the model's ``test_nms_thresh``, then what
+    ``MODEL.RETINANET_PLUGIN.TTA`` adds, its defaults where ``cfg`` is a plain Detectron2 config),
+    keeping its ``max_detections_per_image`` best. The inputs of one size (an image and its mirror)
+    go through the model in one forward; an image given as floats is resized as uint8, as the test
+    loader gives it.
     """
 
     def __init__(self, cfg, model: nn.Module, tta_mapper=None, merge=None):
@@ -46,7 +49,12 @@ class RetinaNetPluginWithTTA(nn.Module):
             model = model.module
         self.model = model
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
-        self.merge = merge if merge is not None else ViewMerge(cfg, model)
+        if merge is None:
+            # a plain Detectron2 config gets the plugin's defaults (the keys' one place: config.py)
+            merge_cfg = cfg.clone()
+            merge_cfg.defrost()
+            merge = ViewMerge(add_retinanet_plugin_config(merge_cfg), model)
+        self.merge = merge
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, Instances]]:
         return [{"instances": self._detect(inputs)} for inputs in batched_inputs]
