@@ -6,6 +6,7 @@ launch on one or several "machines", torchrun) with bounded waits.
 
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -141,11 +142,39 @@ def relative_loss_differences(one, two):
 # --------------------------------------------------------------------------------------------------
 
 
+# Rendezvous ports: not the kernel's own choice (bind to port 0), which it may hand to any other
+# connection before the job binds it, but a random free one below the kernel's ephemeral range, in
+# a slice of its own for each pytest-xdist worker, so that two test files running at once never
+# pick the same port.
+PORTS_PER_WORKER = 500
+FIRST_PORT = 20000
+
+
 def free_port() -> int:
-    """A TCP port that was free on the loopback interface a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free on the loopback interface a moment ago, from this test process's
+    slice of ports (outside the kernel's ephemeral range)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    low = FIRST_PORT + PORTS_PER_WORKER * (int(worker) if worker.isdigit() else 0)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+    except OSError:  # not Linux: no ephemeral range to avoid that we know of
+        ephemeral = 65536
+    high = min(low + PORTS_PER_WORKER, ephemeral)
+    for port in random.Random().sample(range(low, high), high - low):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {low}-{high - 1}")
+
+
+def dist_url() -> str:
+    """A ``--dist-url`` for a job on this machine (instead of Detectron2's "auto", which takes the
+    kernel's choice)."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def _script(*flags: str) -> List[str]:
@@ -154,7 +183,7 @@ def _script(*flags: str) -> List[str]:
 
 def spawn_command(num_gpus: int, *flags: str) -> List[List[str]]:
     """One machine, ``num_gpus`` workers spawned by Detectron2's launch."""
-    return [_script("--num-gpus", str(num_gpus), "--dist-url", "auto", *flags)]
+    return [_script("--num-gpus", str(num_gpus), "--dist-url", dist_url(), *flags)]
 
 
 def machine_commands(num_machines: int, *flags: str, port: Optional[int] = None) -> List[List[str]]:
@@ -300,4 +329,10 @@ def run_two_workers(script_text: str, folder, *args: str, timeout: float = 120) 
         )
         for rank in (0, 1)
     ]
-    return [(w.communicate(timeout=timeout)[0], w.returncode) for w in workers]
+    try:
+        return [(w.communicate(timeout=timeout)[0], w.returncode) for w in workers]
+    finally:  # a worker left waiting for its peer after a timeout must not outlive the test
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()

@@ -31,6 +31,7 @@ from launch_helpers import (
     LATE_RTOL,
     ONE_PROCESS_CURVE_RUN,
     TWO_WORKER_CURVE_RUN,
+    dist_url,
     read_records,
     relative_loss_differences,
     worker_env,
@@ -294,7 +295,7 @@ def _instrumented_run(out_dir, datasets, opts, num_gpus=1, timeout=600, **env):
         "--num-gpus",
         str(num_gpus),
         "--dist-url",
-        "auto",
+        dist_url(),
     ]
     started = time.time()
     proc = subprocess.run(

@@ -75,7 +75,7 @@ def dry_run(tmp_path_factory):
         capture_output=True,
         text=True,
         env=env,
-        timeout=1500,
+        timeout=1500 + 120,  # the dry run's own budget (DRY_RUN_BUDGET_S), and time to end it
         cwd=REPO_ROOT,
     )
     summary_path = out / "summary.json"

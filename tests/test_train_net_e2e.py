@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
+from launch_helpers import dist_url
 
 from retinanet_plugin.engine.trainer import TTA_DONE
 
@@ -64,7 +65,7 @@ def train(out_dir, datasets_root, *extra, num_gpus=1, resume=False):
         "--num-gpus",
         str(num_gpus),
         "--dist-url",
-        "auto",
+        dist_url(),
     ]
     if resume:
         args.append("--resume")

@@ -138,7 +138,7 @@ def test_bad_options_are_refused_naming_the_key():
         _merge()(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0)
 
 
-def test_train_net_stops_on_a_bad_merge_value_before_training(monkeypatch):
+def test_train_net_stops_on_a_bad_merge_value_before_training(monkeypatch, tmp_path):
     """The trainer builds its augmented detector with its hooks: a bad value stops it at once."""
     from retinanet_plugin.engine import RetinaNetPluginTrainer
 
@@ -146,6 +146,7 @@ def test_train_net_stops_on_a_bad_merge_value_before_training(monkeypatch):
         RetinaNetPluginTrainer, "build_train_loader", classmethod(lambda c, cfg: [])
     )
     cfg = make_small_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)  # its writers open their files there
     cfg.TEST.AUG.ENABLED = True
     cfg.MODEL.RETINANET_PLUGIN.TTA.SCORE = "mean"
     with pytest.raises(ValueError, match="MODEL.RETINANET_PLUGIN.TTA.SCORE must be one of"):
