@@ -1,6 +1,6 @@
 """How test-time augmentation merges its views' detections (``retinanet_plugin.modeling.tta_merge``,
 ``MODEL.RETINANET_PLUGIN.TTA``): class-aware NMS alone by default; box voting, the consensus score
-and cross-class NMS when configured."""
+and class-agnostic NMS when configured."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Test-time augmentation for the plugin's RetinaNet: the model run at several input sizes (and
 mirrored), its detections mapped back to the image and merged (``tta_merge``: class-aware NMS,
-optionally box voting, a consensus score and cross-class NMS).
+optionally box voting, a consensus score and class-agnostic NMS).
 
 Detectron2 has test-time augmentation for R-CNN only (``GeneralizedRCNNWithTTA``); this one reads
 the same keys, ``TEST.AUG.MIN_SIZES``, ``TEST.AUG.MAX_SIZE`` and ``TEST.AUG.FLIP``, and makes the
