@@ -24,18 +24,23 @@ PYTEST_ARGS ?=
 export CUDA_HOME ?= $(shell for d in $$CUDA_HOME /usr/local/cuda-13.0 /usr/local/cuda; do \
 	[ -e "$$d/lib64/libcudart.so" ] && { readlink -f $$d; break; }; done)
 
-# Where no GPU is visible, the CUDA kernels are built for one architecture (sm_90 + PTX: the H100/H200 this project
-# is lent) to keep the build short, since nothing here runs them; with a GPU, setup.py builds for that GPU, and a
-# plain `pip install .` for its default list. TORCH_CUDA_ARCH_LIST set by the caller wins.
-ifeq ($(origin TORCH_CUDA_ARCH_LIST),undefined)
+# The CUDA kernels are built where a GPU is visible (for that GPU: setup.py), as Detectron2 builds its own; where
+# none is, the op gets its CPU kernels only, unless FORCE_CUDA=1 (then for one architecture, sm_90 + PTX: the
+# H100/H200 this project is lent, unless TORCH_CUDA_ARCH_LIST says otherwise). On a 2-core machine the CUDA part is
+# about half of the build's CPU time. FORCE_CUDA and TORCH_CUDA_ARCH_LIST set by the caller win; a plain
+# `pip install .` builds them whenever it finds a toolkit (setup.py).
 ifneq ($(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
+export FORCE_CUDA ?= 0
+ifeq ($(origin TORCH_CUDA_ARCH_LIST),undefined)
 export TORCH_CUDA_ARCH_LIST := 9.0+PTX
 endif
 endif
+# What the build depends on besides its sources: a change rebuilds the op (.plugin-built).
+BUILD_VARIANT := FORCE_CUDA=$(FORCE_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) CUDA_HOME=$(CUDA_HOME)
 
 CSRC := $(wildcard retinanet_plugin/csrc/* retinanet_plugin/csrc/*/*)
 
-.PHONY: demo test test-short lint setup build clean-demo venv-check
+.PHONY: demo test test-short lint setup build clean-demo venv-check FORCE
 
 setup: $(VENV)/.stack-installed
 build: $(VENV)/.plugin-built
@@ -54,7 +59,12 @@ $(VENV)/.stack-installed: tools/stack-requirements.txt tools/install_stack.sh | 
 	bash tools/install_stack.sh $(PY)
 	touch $@
 
-$(VENV)/.plugin-built: $(VENV)/.stack-installed setup.py $(CSRC)
+# Rewritten only when the variant changes, so that its time stamp says when it last did.
+$(VENV)/.build-variant: FORCE | venv-check
+	@printf '%s\n' '$(BUILD_VARIANT)' | cmp -s - $@ || printf '%s\n' '$(BUILD_VARIANT)' > $@
+FORCE:
+
+$(VENV)/.plugin-built: $(VENV)/.stack-installed $(VENV)/.build-variant setup.py $(CSRC)
 	$(PY) -m pip install --quiet --no-build-isolation -e .
 	$(PY) -c "import retinanet_plugin.layers as l; print('focal loss op built:', l.focal_loss_op_available())"
 	touch $@
@@ -83,10 +93,14 @@ demo: $(DEMO_OUT)/model_final.pth
 
 # The suite in PYTEST_WORKERS processes (pytest-xdist), each test file's tests in one of them (their module
 # fixtures built once): on a 2-core machine two workers took 684 s where one took 972 s (AMD EPYC, 2026-12-02).
-# PYTEST_WORKERS=0: one process.
+# PYTEST_WORKERS=0: one process. Each worker, and what it starts, gets its share of the cores (OMP_NUM_THREADS =
+# cores / workers, at least 1; the caller's OMP_NUM_THREADS wins): two workers of two threads each on 2 cores fight
+# over them, and two test files took 100 s that way against 74 s with one thread each (AMD EPYC, Zen 3, 2026-12-02).
 PYTEST_WORKERS ?= 2
+TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); w=$(PYTEST_WORKERS); [ "$$w" -gt 0 ] 2>/dev/null || w=1; \
+	echo $$(( n / w > 0 ? n / w : 1 )))
 test: $(VENV)/.plugin-built
-	$(PY) -m pytest tests $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} $(PY) -m pytest tests $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The shorter set .ci/run runs on the supported Pythons other than the default: the build (the prerequisite), the
 # environment report (exits 1 when the plugin is not ready), this Python's stack and pip check, the op's CPU tests,

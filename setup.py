@@ -170,8 +170,10 @@ def get_extensions():
         os.environ.get("FORCE_CUDA", "0") == "1"
         or (cuda_home is not None and os.environ.get("FORCE_CUDA") != "0")
     )
-    # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses).
-    extra_compile_args = {"cxx": ["-O3", "-std=c++20"]}
+    # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses). -g0 drops the
+    # debug information Python's own CFLAGS ask for: a quarter of the compile time of a translation
+    # unit that includes ATen's SIMD headers, and 9 of the 10 MB of its object file.
+    extra_compile_args = {"cxx": ["-O3", "-std=c++20", "-g0"]}
     define_macros = []
     extension = cpp_extension.CppExtension
     if use_cuda:

@@ -14,7 +14,7 @@ from retinanet_plugin.engine.train_loops import FiniteLossAMPTrainer, FiniteLoss
 from retinanet_plugin.engine.mixed_precision import amp_dtype_for
 
 
-def _batches(num_batches=3, size=(160, 224)):
+def _batches(num_batches=3, size=(96, 128)):
     g = torch.Generator().manual_seed(0)
     h, w = size
     batches = []

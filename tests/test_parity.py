@@ -27,7 +27,8 @@ import retinanet_plugin
 from retinanet_plugin.checkpoint import convert_detectron2_retinanet_state_dict
 from retinanet_plugin.layers import focal_loss_op_available
 from retinanet_plugin.modeling import RetinaNetPlugin
-from sane_random_weights import make_weights_sane  # a helper beside the tests
+from inference_checks import detection_differences as paired_differences  # helpers beside the tests
+from sane_random_weights import make_weights_sane
 
 PLUGIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retinanet_R50.yaml"
 DETECTRON2_CONFIG = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
@@ -149,33 +150,12 @@ def plugin_model_like(reference, cfg):
 
 # ----------------------------------------------------------------------------------------
 # comparisons
-def sorted_detections(instances):
-    """(boxes, scores, classes) sorted by class, then score (descending): an order both models
-    share."""
-    boxes, scores, classes = instances.pred_boxes.tensor, instances.scores, instances.pred_classes
-    order = sorted(range(len(scores)), key=lambda i: (int(classes[i]), -float(scores[i])))
-    order = torch.tensor(order, dtype=torch.int64)
-    return boxes[order], scores[order], classes[order]
-
-
 def detection_differences(outputs_a, outputs_b):
-    """Max abs difference of boxes and scores over all images; inf when counts or classes differ."""
-    diff = {"boxes": 0.0, "scores": 0.0, "count": 0}
-    for a, b in zip(outputs_a, outputs_b):
-        a, b = a["instances"], b["instances"]
-        boxes_a, scores_a, classes_a = sorted_detections(a)
-        boxes_b, scores_b, classes_b = sorted_detections(b)
-        if (
-            a.image_size != b.image_size
-            or len(a) != len(b)
-            or not torch.equal(classes_a, classes_b)
-        ):
-            return {"boxes": math.inf, "scores": math.inf, "count": diff["count"] + len(a)}
-        if len(a):
-            diff["boxes"] = max(diff["boxes"], float((boxes_a - boxes_b).abs().max()))
-            diff["scores"] = max(diff["scores"], float((scores_a - scores_b).abs().max()))
-        diff["count"] += len(a)
-    return diff
+    """Max |box| and |score| differences of two models' outputs and how many detections were
+    compared (``inference_checks.detection_differences``: inf when they cannot be paired)."""
+    return paired_differences(
+        [o["instances"] for o in outputs_a], [o["instances"] for o in outputs_b]
+    )
 
 
 def run_inference(model):

@@ -28,9 +28,9 @@ import torch
 
 import repo_modules  # beside this file
 
-# tests/ is not a package: the test module and its helper (which registers the benchmark harness)
+# tests/ is not a package: the test module and its helpers (one registers the benchmark harness)
 # are loaded by their location
-tp = repo_modules.test_module("test_parity", helpers=("sane_random_weights",))
+tp = repo_modules.test_module("test_parity", helpers=("inference_checks", "sane_random_weights"))
 
 
 def detections(depth, impl, device):
