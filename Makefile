@@ -30,7 +30,10 @@ export CUDA_HOME ?= $(shell for d in $$CUDA_HOME /usr/local/cuda-13.0 /usr/local
 # about half of the build's CPU time. FORCE_CUDA and TORCH_CUDA_ARCH_LIST set by the caller win; a plain
 # `pip install .` builds them whenever it finds a toolkit (setup.py).
 ifneq ($(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
-export FORCE_CUDA ?= 0
+ifeq ($(strip $(FORCE_CUDA)),)
+override FORCE_CUDA := 0
+endif
+export FORCE_CUDA
 ifeq ($(origin TORCH_CUDA_ARCH_LIST),undefined)
 export TORCH_CUDA_ARCH_LIST := 9.0+PTX
 endif
@@ -97,8 +100,8 @@ demo: $(DEMO_OUT)/model_final.pth
 # cores / workers, at least 1; the caller's OMP_NUM_THREADS wins): two workers of two threads each on 2 cores fight
 # over them, and two test files took 100 s that way against 74 s with one thread each (AMD EPYC, Zen 3, 2026-12-02).
 PYTEST_WORKERS ?= 2
-TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); w=$(PYTEST_WORKERS); [ "$$w" -gt 0 ] 2>/dev/null || w=1; \
-	echo $$(( n / w > 0 ? n / w : 1 )))
+TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); w=$(PYTEST_WORKERS); \
+	case $$w in (auto|logical) w=$$n;; esac; [ "$$w" -gt 0 ] 2>/dev/null || w=1; echo $$(( n / w > 0 ? n / w : 1 )))
 test: $(VENV)/.plugin-built
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} $(PY) -m pytest tests $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 

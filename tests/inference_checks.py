@@ -37,48 +37,73 @@ def eval_detections(model, inputs):
         return [output["instances"] for output in model(inputs)]
 
 
-def _image_differences(a, b, tie):
+def _pairs(allowed, preference):
+    """A largest one-to-one pairing of rows and columns where ``allowed`` [N, M] holds (augmenting
+    paths, so that a pair taken first never leaves a later row without the partner it needs), each
+    row trying its columns in ``preference``'s order (ascending). Returns {row: column}."""
+    order = [
+        [j for j in torch.argsort(preference[i], stable=True).tolist() if allowed[i, j]]
+        for i in range(allowed.shape[0])
+    ]
+    column_of, row_of = {}, {}
+
+    def augment(i, seen):
+        for j in order[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in row_of or augment(row_of[j], seen):
+                    column_of[i], row_of[j] = j, i
+                    return True
+        return False
+
+    for i in range(allowed.shape[0]):
+        augment(i, set())
+    return column_of
+
+
+def _image_differences(a, b, tie, max_unpaired):
     """(max |box|, max |score|, pairs) of one image's detections paired one to one (see
     ``detection_differences``); None when they cannot be paired."""
     if tuple(a.image_size) != tuple(b.image_size) or len(a) != len(b):
         return None
     if not len(a):
         return 0.0, 0.0, 0
+    for x in (a, b):
+        if not (torch.isfinite(x.scores).all() and torch.isfinite(x.pred_boxes.tensor).all()):
+            return None
     score_gap = (a.scores[:, None].double() - b.scores[None, :].double()).abs()
     box_gap = (a.pred_boxes.tensor[:, None] - b.pred_boxes.tensor[None, :]).abs().amax(-1)
     allowed = (a.pred_classes[:, None] == b.pred_classes[None, :]) & (score_gap <= tie)
-    free = torch.ones(len(b), dtype=torch.bool)
-    unpaired = torch.zeros(len(a), dtype=torch.bool)
-    boxes = scores = 0.0
-    for i in torch.argsort(a.scores, descending=True, stable=True).tolist():
-        candidates = allowed[i] & free
-        if not candidates.any():
-            unpaired[i] = True
-            continue
-        j = int(torch.where(candidates, box_gap[i], torch.inf).argmin())
-        free[j] = False
-        boxes, scores = max(boxes, float(box_gap[i, j])), max(scores, float(score_gap[i, j]))
+    column_of = _pairs(allowed, box_gap)
+    unpaired_a = [i for i in range(len(a)) if i not in column_of]
+    unpaired_b = sorted(set(range(len(b))) - set(column_of.values()))
     # at the cut, the selection may keep either of two near-equal detections
-    if (a.scores[unpaired] > a.scores.min() + tie).any() or (
-        b.scores[free] > b.scores.min() + tie
-    ).any():
+    cut = float(min(a.scores.min(), b.scores.min())) + tie
+    if len(unpaired_a) > max_unpaired or any(
+        float(x.scores[i]) > cut for x, rows in ((a, unpaired_a), (b, unpaired_b)) for i in rows
+    ):
         return None
-    return boxes, scores, int((~unpaired).sum())
+    pairs = list(column_of.items())
+    if not pairs:
+        return 0.0, 0.0, 0
+    rows, columns = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+    return float(box_gap[rows, columns].max()), float(score_gap[rows, columns].max()), len(pairs)
 
 
-def detection_differences(expected, actual, tie=1e-4):
+def detection_differences(expected, actual, tie=1e-4, max_unpaired=2):
     """Largest |box| (px) and |score| differences between two lists of Instances, and how many
     detections were compared: {"boxes", "scores", "count"}.
 
-    Detections are paired one to one: same class, scores within ``tie``, the nearest box among
-    those; so scores closer than ``tie`` may come in either order, as float rounding leaves them.
-    Only at the cut (within ``tie`` of a list's lowest score) may a detection stay unpaired: the
-    top-k selection keeps either of two near-equal ones. Other image sizes or counts, or any other
-    detection without a partner, give inf."""
+    Detections are paired one to one: same class, scores within ``tie``, as many pairs as there
+    can be, each detection preferring the nearest box; so scores closer than ``tie`` may come in
+    either order, as float rounding leaves them. Only at the cut (within ``tie`` of the lowest score
+    of the two lists) may detections stay unpaired, at most ``max_unpaired`` per image: the top-k
+    selection keeps either of two near-equal ones. Other image sizes or counts, a non-finite box or
+    score, or any other detection without a partner, give inf."""
     diff = {"boxes": 0.0, "scores": 0.0, "count": 0}
     assert len(expected) == len(actual)
     for a, b in zip(expected, actual):
-        image = _image_differences(a, b, tie)
+        image = _image_differences(a, b, tie, max_unpaired)
         if image is None:
             return {"boxes": math.inf, "scores": math.inf, "count": diff["count"] + len(a)}
         diff["boxes"], diff["scores"] = max(diff["boxes"], image[0]), max(diff["scores"], image[1])

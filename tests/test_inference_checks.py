@@ -60,3 +60,33 @@ def test_only_the_cut_may_keep_another_detection():
     above = [*EXPECTED[:3], (0, 0.30, 0, 0, 9, 9), EXPECTED[4]]
     diff = detection_differences([_detections(EXPECTED)], [_detections(above)], tie=1e-4)
     assert diff["boxes"] == math.inf
+
+
+def test_the_cut_is_one_for_both_lists():
+    """The two lists' last detections differ and are 0.05 apart in score: not a swap at the cut."""
+    other_last = [*EXPECTED[:-1], (0, 0.06, 0, 0, 9, 9)]
+    diff = detection_differences([_detections(EXPECTED)], [_detections(other_last)], tie=1e-4)
+    assert diff["boxes"] == math.inf
+
+
+def test_a_pairing_is_found_where_taking_the_nearest_box_first_would_miss_it():
+    """Two near-equal detections of one class: the first's nearest box is the only partner the
+    second can have (its other candidate's score is beyond the tie)."""
+    expected = [(0, 0.5002, 0, 0, 10, 10), (0, 0.5, 1, 1, 11, 11), (1, 0.2, 50, 50, 60, 60)]
+    # the first (highest) detection's nearest box is the one the second needs
+    actual = [(0, 0.5001, 0.2, 0.2, 10.2, 10.2), (0, 0.5003, 1, 1, 11, 11), expected[2]]
+    diff = detection_differences([_detections(expected)], [_detections(actual)], tie=1.5e-4)
+    assert diff["count"] == 3 and math.isclose(diff["boxes"], 1.0, rel_tol=1e-5), diff
+
+
+def test_non_finite_values_and_many_unpaired_detections_are_differences():
+    for bad in ([(0, float("nan"), *EXPECTED[0][2:])], [(0, 0.9, 10, 10, float("nan"), 50)]):
+        rows = [*bad, *EXPECTED[1:]]
+        diff = detection_differences([_detections(EXPECTED)], [_detections(rows)])
+        assert diff["boxes"] == math.inf, rows
+    level = [(k % 5, 0.2, 10 * k, 0, 10 * k + 5, 5) for k in range(4)]
+    shifted = [(c, s, x0, y0 + 50, x1, y1 + 50) for c, s, x0, y0, x1, y1 in level]
+    assert detection_differences([_detections(level)], [_detections(shifted)])["count"] == 4
+    moved = [(c + 5, s, *box) for c, s, *box in level]  # all at the cut, but four of them
+    diff = detection_differences([_detections(level)], [_detections(moved)], max_unpaired=2)
+    assert diff["boxes"] == math.inf

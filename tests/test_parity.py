@@ -150,11 +150,12 @@ def plugin_model_like(reference, cfg):
 
 # ----------------------------------------------------------------------------------------
 # comparisons
-def detection_differences(outputs_a, outputs_b):
+def detection_differences(outputs_a, outputs_b, tie=TOLERANCE):
     """Max |box| and |score| differences of two models' outputs and how many detections were
-    compared (``inference_checks.detection_differences``: inf when they cannot be paired)."""
+    compared (``inference_checks.detection_differences``, scores within ``tie`` paired in either
+    order: inf when they cannot be paired)."""
     return paired_differences(
-        [o["instances"] for o in outputs_a], [o["instances"] for o in outputs_b]
+        [o["instances"] for o in outputs_a], [o["instances"] for o in outputs_b], tie=tie
     )
 
 
@@ -214,7 +215,7 @@ def test_detections_match_detectron2(depth_name, mode):
         assert len(instances) >= 50
         assert len(set(instances.pred_classes.tolist())) >= 5
         assert float(instances.scores.max() - instances.scores.min()) > 0.1
-    diff = detection_differences(expected, actual)
+    diff = detection_differences(expected, actual, tie=score_tolerance)
     print(
         f"\n[{depth_name}, {mode}] detections compared: {diff['count']}, max |box diff| "
         f"{diff['boxes']:.3g} px, "

@@ -5,7 +5,8 @@ there, so the two cannot drift apart; with them the random-weight calibration of
 ``benchmarks/harness/calibration.py``): Detectron2's ``RetinaNet`` from its own R50 config with sane
 random weights, the plugin's model with the same weights copied through the checkpoint converter
 (``strict=True``), both moved to the device. Compared within 1e-4: the detections of a two-image
-batch (boxes and scores, after sorting by class and score; counts and classes must be equal), and
+batch (boxes and scores of detections paired one to one: same class, near-equal scores in either
+order; counts must be equal), and
 over two training steps the losses, the loss normaliser and the gradients of ten parameters spread
 over the network (step 0 with an SGD update, step 1 on the updated weights).
 
