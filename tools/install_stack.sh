@@ -31,9 +31,14 @@ pip_quiet() {
 
 echo "install_stack: $("$PY" -c 'import platform, sys; print(platform.python_version(), sys.executable)')"
 pip_quiet install --quiet pip==26.3
-pip_quiet install --quiet -r "$HERE/stack-requirements.txt"
+# --no-compile, then one parallel compileall over site-packages: pip byte-compiles every file it installs in one
+# process, which was half of torch's install time on 2 cores (AMD EPYC, Zen 3, no pip cache: torch + torchvision
+# 109 s compiled by pip, 54 s + 22 s this way; the whole stack 157 s against 112 s). Files that do not compile
+# (templates, Python 2 test data) are skipped as pip skips them.
+pip_quiet install --quiet --no-compile -r "$HERE/stack-requirements.txt"
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-pip_quiet install --quiet --upgrade --no-deps --only-binary=:all: --python-version 3.10 --target "$SITE" "$D2"
+pip_quiet install --quiet --no-compile --upgrade --no-deps --only-binary=:all: --python-version 3.10 --target "$SITE" "$D2"
+"$PY" -m compileall -q -j 0 "$SITE" >/dev/null 2>&1 || true
 INFO="$SITE/sal_detectron2-0.7.2.dist-info"
 sed -i 's/^Tag: .*/Tag: py3-none-any/' "$INFO/WHEEL"
 echo "install_stack: $D2 recorded as py3-none-any (its Python code; detectron2._C is not used)"
