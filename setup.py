@@ -5,7 +5,9 @@ torch already installed in the environment: the C++ CPU kernels always, and the 
 CUDA toolkit is found (``CUDA_HOME``, else the toolkit of the ``nvcc`` on PATH, else
 ``/usr/local/cuda*``) or ``FORCE_CUDA=1`` is set. ``TORCH_CUDA_ARCH_LIST`` selects the GPU
 architectures; without it, the visible GPUs' architectures are built when torch sees a GPU, else
-those of DEFAULT_CUDA_ARCHS that the toolkit supports.
+those of DEFAULT_CUDA_ARCHS that the toolkit supports. The library is built against CPython's
+stable ABI (``_C.abi3.so``, wheels tagged ``cp310-abi3``): it depends on the torch it was built
+with, not on the Python version.
 
 Sources: ``csrc/`` (the ops' entry points, the shared element math ``loss_elements.h``),
 ``csrc/cpu/`` (the CPU kernels, compiled once per instruction set), ``csrc/cuda/`` (the CUDA kernels
@@ -200,6 +202,9 @@ def get_extensions():
             include_dirs=[os.path.abspath(CSRC), write_isa_prelude(cpp_extension.include_paths())],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            # CPython's stable ABI (torch defines Py_LIMITED_API and links no libtorch_python):
+            # one _C.abi3.so for every Python >= 3.10 with this torch (csrc/ops.cpp)
+            py_limited_api=True,
         )
     ]
 
@@ -232,7 +237,26 @@ def _build_ext_in_build_folder(build_extension):
                 tag += "-pydebug"
             self.build_temp = os.path.join(HERE, "build", f"temp.{tag}")
 
+        def run(self):
+            super().run()
+            if self.inplace or getattr(self, "editable_mode", False):
+                for ext in self.extensions:
+                    _remove_stale_builds(ext.name, self.get_ext_filename(ext.name))
+
     return BuildExtInBuildFolder.with_options(no_python_abi_suffix=False)
+
+
+def _remove_stale_builds(ext_name, built_filename):
+    """Deletes the source tree's other builds of ``ext_name`` (``_C.cpython-313-...so`` from before
+    the stable-ABI build, or another variant's): Python would import a version-tagged file before
+    ``_C.abi3.so``, and so run an old build of the op."""
+    folder = os.path.join(HERE, *ext_name.split(".")[:-1])
+    stem = ext_name.split(".")[-1]
+    keep = os.path.basename(built_filename)
+    for path in glob.glob(os.path.join(folder, stem + ".*so")):
+        if os.path.basename(path) != keep:
+            print(f"retinanet_plugin: removing the stale build {os.path.relpath(path, HERE)}")
+            os.remove(path)
 
 
 def _cmdclass():
@@ -262,5 +286,7 @@ setup(
     install_requires=["torch", "torchvision", "fvcore", "pycocotools"],
     ext_modules=_ext_modules(),
     cmdclass=_cmdclass(),
+    # the wheel's tag: cp310-abi3 (one wheel per torch and platform, not per Python)
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
     zip_safe=False,
 )

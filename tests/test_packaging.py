@@ -4,6 +4,7 @@ plain install), and an installed copy of it, outside the source tree, reports it
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -49,7 +50,9 @@ def test_wheel_ships_configs_and_the_op(tmp_path):
         for p in configs.rglob("*.yaml")
     }
     assert expected and expected <= names, sorted(expected - names)
-    assert any(n.startswith("retinanet_plugin/_C.") and n.endswith(".so") for n in names)
+    # one build for every Python >= 3.10 with this torch: CPython's stable ABI
+    assert "-cp310-abi3-" in wheel.name, wheel.name
+    assert "retinanet_plugin/_C.abi3.so" in names, sorted(n for n in names if "_C" in n)
     from retinanet_plugin import model_zoo
 
     # where an installed copy looks first
@@ -77,3 +80,25 @@ def test_wheel_ships_configs_and_the_op(tmp_path):
     result = json.loads(proc.stdout)
     assert result["problems"] == []
     assert result["report"]["op"].startswith(f"loaded ({site / 'retinanet_plugin' / '_C.'}")
+
+
+def test_the_op_library_needs_no_particular_python():
+    """The built ``_C`` is the stable-ABI one and links neither libpython nor torch's Python
+    bindings (libtorch_python), so it loads in any Python >= 3.10 that has the same torch."""
+    from retinanet_plugin.layers import compiled_ops
+
+    if not compiled_ops.op_available():
+        pytest.skip("retinanet_plugin._C is not built")
+    path = compiled_ops.library_path()
+    assert os.path.basename(path) == "_C.abi3.so", path
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True)
+    needed = [
+        line.split("[", 1)[1].rstrip("]")
+        for line in dynamic.stdout.splitlines()
+        if "(NEEDED)" in line
+    ]
+    assert "libtorch_cpu.so" in needed, needed  # the parse found the entries
+    assert not [n for n in needed if n.startswith(("libpython", "libtorch_python"))], needed

@@ -3,14 +3,17 @@
 // sigmoid_focal_loss_dense.h) on each device's driver (loss_driver.h). The fake kernels and the
 // autograd formulas are registered from Python, in retinanet_plugin/layers/sigmoid_focal_loss.py,
 // quality_focal_loss.py and sigmoid_focal_loss_dense.py. Also the Python module
-// `retinanet_plugin._C` whose import loads them.
+// `retinanet_plugin._C` whose import loads them, written against CPython's stable ABI (setup.py builds
+// with py_limited_api, which defines Py_LIMITED_API): nothing here depends on one Python version, so
+// one build, `_C.abi3.so`, serves every Python from 3.10 that has the same torch.
 #include "quality_focal_loss.h"
 #include "sigmoid_focal_loss.h"
 #include "sigmoid_focal_loss_dense.h"
 
-#include <pybind11/pybind11.h>
+#include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
 #include <type_traits>
 
 TORCH_LIBRARY(retinanet_plugin, m) {
@@ -95,11 +98,41 @@ TORCH_LIBRARY_IMPL(retinanet_plugin, CUDA, m) {
   register_kernels<loss_forward_cuda, loss_backward_cuda>(m);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() =
-      "retinanet_plugin compiled ops; importing this module registers torch.ops.retinanet_plugin.*";
-  m.attr("WITH_CUDA") = retinanet_plugin::built_with_cuda();
-  m.def(
-      "cpu_kernel_capability", &retinanet_plugin::cpu_kernel_capability,
-      "The CPU kernel variant in use on this machine: 'AVX512', 'AVX2' or 'DEFAULT'.");
+namespace {
+
+PyObject* cpu_kernel_capability_py(PyObject* /*module*/, PyObject* /*unused*/) {
+  try {
+    return PyUnicode_FromString(retinanet_plugin::cpu_kernel_capability().c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef module_methods[] = {
+    {"cpu_kernel_capability", cpu_kernel_capability_py, METH_NOARGS,
+        "The CPU kernel variant in use on this machine: 'AVX512', 'AVX2' or 'DEFAULT'."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+    "retinanet_plugin compiled ops; importing this module registers torch.ops.retinanet_plugin.*", -1,
+    module_methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+// The name is the extension's, retinanet_plugin._C (setup.py). The ops above are registered when the
+// library is loaded, before this runs.
+PyMODINIT_FUNC PyInit__C() {
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) {
+    return nullptr;
+  }
+  PyObject* with_cuda = PyBool_FromLong(retinanet_plugin::built_with_cuda() ? 1 : 0);
+  const int added = PyModule_AddObjectRef(module, "WITH_CUDA", with_cuda);
+  Py_DECREF(with_cuda);
+  if (added < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
