@@ -75,8 +75,8 @@ def _add_loss_keys(node: CN) -> None:
 def _add_training_keys(node: CN) -> None:
     """The optimizer, mixed precision and the ground truth a training image gives."""
     # Optimizer built by the plugin's trainer (train_net.py): "SGD" (Detectron2's: SOLVER.MOMENTUM,
-    # NESTEROV) or "AdamW" (betas 0.9/0.999; torch's fused implementation on a CPU or CUDA
-    # MODEL.DEVICE), both with SOLVER.BASE_LR, WEIGHT_DECAY*, BIAS_LR_FACTOR and CLIP_GRADIENTS.
+    # NESTEROV) or "AdamW" (betas 0.9/0.999), both with SOLVER.BASE_LR, WEIGHT_DECAY*,
+    # BIAS_LR_FACTOR and CLIP_GRADIENTS.
     node.OPTIMIZER = "SGD"
     # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (float16 with a gradient scaler on CUDA,
     # bfloat16 on the CPU), "float16" or "bfloat16". The losses are accumulated in float32 either

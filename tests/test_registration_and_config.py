@@ -1,7 +1,6 @@
 """Importing the plugin registers its components; each is built through its registry from YAML;
 configs."""
 
-import copy
 import re
 from pathlib import Path
 
@@ -299,55 +298,6 @@ def test_trainer_optimizer_choice(small_cfg, name, expected):
         0.0,
         cfg.SOLVER.WEIGHT_DECAY,
     ]
-
-
-@pytest.mark.parametrize("clip", [False, True])
-def test_adamw_is_fused_on_the_cpu_and_steps_as_torchs_default_adamw(small_cfg, clip):
-    """The AdamW the trainer builds for a CPU model is torch's fused one, and three steps of it
-    move the weights as torch's default AdamW with the same parameter groups (per-group weight
-    decay) does, with the config's gradient clipping too."""
-    from retinanet_plugin.engine import RetinaNetPluginTrainer
-
-    # a weight decay large enough to show (lr * decay * weight: about 3e-4 per step)
-    overrides = {
-        "MODEL.RETINANET_PLUGIN.OPTIMIZER": "AdamW",
-        "SOLVER.BASE_LR": 0.01,
-        "SOLVER.WEIGHT_DECAY": 0.1,
-    }
-    if clip:
-        overrides.update(
-            {"SOLVER.CLIP_GRADIENTS.ENABLED": True, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 0.05}
-        )
-    cfg = small_cfg(**overrides)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
-    initial = copy.deepcopy(model)
-    reference_model = copy.deepcopy(model)
-    optimizer = RetinaNetPluginTrainer.build_optimizer(cfg, model)
-    assert all(group["fused"] for group in optimizer.param_groups)
-    twin = dict(zip(model.parameters(), reference_model.parameters()))
-    reference = torch.optim.AdamW(
-        [
-            {**group, "fused": None, "params": [twin[p] for p in group["params"]]}
-            for group in optimizer.param_groups
-        ]
-    )
-    assert not any(group["fused"] for group in reference.param_groups)
-    images = torch.randn(2, 3, 8, 8)
-    for _ in range(3):
-        for net, opt in ((model, optimizer), (reference_model, reference)):
-            opt.zero_grad()
-            net(images).square().mean().backward()
-            if clip and opt is reference:  # the trainer's optimizer clips by itself
-                torch.nn.utils.clip_grad_value_(net.parameters(), 0.05)
-            opt.step()
-    for (name, p), q, p0 in zip(
-        model.named_parameters(), reference_model.parameters(), initial.parameters()
-    ):
-        assert not torch.equal(p, p0), name
-        # the two kernels round differently (Adam's division amplifies it where a gradient is
-        # near 0: up to 3e-6 seen)
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_trainer_rejects_unknown_optimizer(small_cfg):

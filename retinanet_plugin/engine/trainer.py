@@ -30,8 +30,6 @@ from .weight_averaging import WeightAverage, with_weight_average_hook
 logger = logging.getLogger(__name__)
 # logged when an evaluation with test-time augmentation has its results (`make demo` looks for it)
 TTA_DONE = "Evaluation with test-time augmentation done"
-# the devices of MODEL.DEVICE for which the AdamW optimizer is torch's fused one
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 def wrap_for_distributed(model: torch.nn.Module, mixed_precision: bool = False) -> torch.nn.Module:
@@ -179,16 +177,8 @@ class RetinaNetPluginTrainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        # torch's fused AdamW (one kernel over all parameters) where it has one: on the demo's 2
-        # CPU cores its step took 5.0 ms instead of the 18.8 ms of torch's CPU default (a loop
-        # over the tensors), 4.6% of an iteration (AMD EPYC, Zen 3, 2026-12-03); elsewhere the
-        # default
-        fused = torch.device(cfg.MODEL.DEVICE).type in FUSED_ADAMW_DEVICES
         optimizer = torch.optim.AdamW(
-            params,
-            lr=cfg.SOLVER.BASE_LR,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            fused=True if fused else None,
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
 
