@@ -6,6 +6,7 @@
 // `retinanet_plugin._C` whose import loads them, written against CPython's stable ABI (setup.py builds
 // with py_limited_api, which defines Py_LIMITED_API): nothing here depends on one Python version, so
 // one build, `_C.abi3.so`, serves every Python from 3.10 that has the same torch.
+#include "preprocessor.h"
 #include "quality_focal_loss.h"
 #include "sigmoid_focal_loss.h"
 #include "sigmoid_focal_loss_dense.h"
@@ -114,15 +115,15 @@ PyMethodDef module_methods[] = {
         "The CPU kernel variant in use on this machine: 'AVX512', 'AVX2' or 'DEFAULT'."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, RETINANET_PLUGIN_STRINGIFY(TORCH_EXTENSION_NAME),
     "retinanet_plugin compiled ops; importing this module registers torch.ops.retinanet_plugin.*", -1,
     module_methods, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 
-// The name is the extension's, retinanet_plugin._C (setup.py). The ops above are registered when the
-// library is loaded, before this runs.
-PyMODINIT_FUNC PyInit__C() {
+// PyInit_<name>, the name being the extension's (TORCH_EXTENSION_NAME, from setup.py's
+// "retinanet_plugin._C"). The ops above are registered when the library is loaded, before this runs.
+PyMODINIT_FUNC RETINANET_PLUGIN_CONCAT(PyInit_, TORCH_EXTENSION_NAME)() {
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) {
     return nullptr;

@@ -367,9 +367,6 @@ void backward(
 
 }  // namespace CPU_CAPABILITY
 
-#define RETINANET_PLUGIN_CONCAT_(a, b) a##b
-#define RETINANET_PLUGIN_CONCAT(a, b) RETINANET_PLUGIN_CONCAT_(a, b)
-
 const Kernels* RETINANET_PLUGIN_CONCAT(kernels_, CPU_CAPABILITY)() {
   static const Kernels kernels{
       &CPU_CAPABILITY::forward_elementwise, &CPU_CAPABILITY::forward_partial_sums, &CPU_CAPABILITY::backward};

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "focal_loss_cpu_kernels.h"
+#include "preprocessor.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -38,8 +38,6 @@ RETINANET_PLUGIN_PRAGMA(GCC target(RETINANET_PLUGIN_ISA_TARGET))
 #include "focal_loss_cpu_impl.h"
 #pragma GCC pop_options
 #else
-#define RETINANET_PLUGIN_CONCAT_(a, b) a##b
-#define RETINANET_PLUGIN_CONCAT(a, b) RETINANET_PLUGIN_CONCAT_(a, b)
 namespace retinanet_plugin::cpu {
 const Kernels* RETINANET_PLUGIN_CONCAT(kernels_, CPU_CAPABILITY)() {
   return nullptr;
