@@ -38,8 +38,11 @@ ifeq ($(origin TORCH_CUDA_ARCH_LIST),undefined)
 export TORCH_CUDA_ARCH_LIST := 9.0+PTX
 endif
 endif
-# What the build depends on besides its sources: a change rebuilds the op (.plugin-built).
-BUILD_VARIANT := FORCE_CUDA=$(FORCE_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) CUDA_HOME=$(CUDA_HOME)
+# What the build depends on besides its sources: a change rebuilds the op (.plugin-built). With
+# RETINANET_PLUGIN_OP_LIBRARY=PATH (a _C.abi3.so built for the same torch, under any Python) the build installs
+# that library instead of compiling (setup.py).
+BUILD_VARIANT := FORCE_CUDA=$(FORCE_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) CUDA_HOME=$(CUDA_HOME) \
+	RETINANET_PLUGIN_OP_LIBRARY=$(RETINANET_PLUGIN_OP_LIBRARY)
 
 CSRC := $(wildcard retinanet_plugin/csrc/* retinanet_plugin/csrc/*/*)
 
@@ -67,9 +70,9 @@ $(VENV)/.build-variant: FORCE | venv-check
 	@printf '%s\n' '$(BUILD_VARIANT)' | cmp -s - $@ || printf '%s\n' '$(BUILD_VARIANT)' > $@
 FORCE:
 
-$(VENV)/.plugin-built: $(VENV)/.stack-installed $(VENV)/.build-variant setup.py $(CSRC)
+$(VENV)/.plugin-built: $(VENV)/.stack-installed $(VENV)/.build-variant setup.py $(CSRC) $(RETINANET_PLUGIN_OP_LIBRARY)
 	$(PY) -m pip install --quiet --no-build-isolation -e .
-	$(PY) -c "import retinanet_plugin.layers as l; print('focal loss op built:', l.focal_loss_op_available())"
+	$(PY) -c "from retinanet_plugin.layers import compiled_ops as c; c.op_available() or exit(c.not_loaded_message()); print('focal loss op built:', c.library_path())"
 	touch $@
 
 $(DEMO_OUT)/model_final.pth: $(VENV)/.plugin-built $(DEMO_CONFIG) configs/synthetic/retinanet_R18_synthetic.yaml

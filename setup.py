@@ -66,6 +66,12 @@ def _visible_gpu_gencode_flags():
     return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
+# RETINANET_PLUGIN_OP_LIBRARY=PATH: install that _C.abi3.so, built by this setup.py for the same
+# torch (under any Python), instead of compiling the op again: .ci/run's other Pythons take the
+# default's. The library records its torch (_C.TORCH_VERSION); under another torch it does not load
+# (retinanet_plugin/layers/compiled_ops.py).
+PREBUILT_OP_ENV = "RETINANET_PLUGIN_OP_LIBRARY"
+
 # Data-centre and desktop GPU generations built by default when no GPU is visible (Turing, Ampere
 # A100 / RTX 30, Ada, Hopper, Blackwell B200 / RTX 50): binary code for each that nvcc supports,
 # plus PTX of the newest, which the driver compiles for any later GPU. Other targets (Jetson sm_87,
@@ -236,6 +242,21 @@ def _build_ext_in_build_folder(build_extension):
             if hasattr(sys, "gettotalrefcount"):
                 tag += "-pydebug"
             self.build_temp = os.path.join(HERE, "build", f"temp.{tag}")
+
+        def build_extension(self, ext):
+            prebuilt = os.environ.get(PREBUILT_OP_ENV)
+            if not prebuilt:
+                return super().build_extension(ext)
+            target = self.get_ext_fullpath(ext.name)
+            name = os.path.basename(target)  # _C.abi3.so
+            if not os.path.isfile(prebuilt) or os.path.basename(prebuilt) != name:
+                raise RuntimeError(
+                    f"{PREBUILT_OP_ENV}={prebuilt}: not a file named {name} "
+                    "(a stable-ABI build of this setup.py)"
+                )
+            print(f"retinanet_plugin: installing {prebuilt} ({PREBUILT_OP_ENV}), not compiling")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(prebuilt, target)
 
         def run(self):
             super().run()

@@ -102,3 +102,55 @@ def test_the_op_library_needs_no_particular_python():
     ]
     assert "libtorch_cpu.so" in needed, needed  # the parse found the entries
     assert not [n for n in needed if n.startswith(("libpython", "libtorch_python"))], needed
+
+
+def _wheel_with_prebuilt_op(tmp_path, library):
+    """``pip wheel`` of the source tree with RETINANET_PLUGIN_OP_LIBRARY=library: the process."""
+    env = dict(os.environ, RETINANET_PLUGIN_OP_LIBRARY=str(library), FORCE_CUDA="0")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps"]
+    return subprocess.run(
+        [*cmd, "-w", str(tmp_path / "wheel"), REPO_ROOT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_a_prebuilt_op_library_is_installed_instead_of_compiling(tmp_path):
+    """What .ci/run's other Pythons do: the default's ``_C.abi3.so`` goes into the package as it is
+    (a marked copy here, so that a fresh compilation could not pass for it), and a file that is not
+    a stable-ABI build is refused with an error naming the variable."""
+    from retinanet_plugin.layers import compiled_ops
+
+    if not compiled_ops.op_available():
+        pytest.skip("retinanet_plugin._C is not built")
+    library = tmp_path / "_C.abi3.so"
+    library.write_bytes(Path(compiled_ops.library_path()).read_bytes() + b"prebuilt by the test")
+    proc = _wheel_with_prebuilt_op(tmp_path, library)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("retinanet_plugin-*.whl")
+    assert zipfile.ZipFile(wheel).read("retinanet_plugin/_C.abi3.so") == library.read_bytes()
+
+    wrong = tmp_path / "_C.cpython-313-x86_64-linux-gnu.so"
+    shutil.copyfile(library, wrong)
+    proc = _wheel_with_prebuilt_op(tmp_path, wrong)
+    assert proc.returncode != 0
+    assert "RETINANET_PLUGIN_OP_LIBRARY=" in proc.stdout + proc.stderr
+    assert "not a file named _C.abi3.so" in proc.stdout + proc.stderr
+
+
+def test_the_op_library_knows_its_torch_and_another_torch_refuses_it(monkeypatch):
+    """The library records the torch it was compiled against; under another torch version it is
+    reported as not loaded, with both versions named, instead of running on a foreign C++ ABI."""
+    from retinanet_plugin.layers import compiled_ops
+
+    if not compiled_ops.op_available():
+        pytest.skip("retinanet_plugin._C is not built")
+    from retinanet_plugin import _C
+
+    assert _C.TORCH_VERSION == torch.__version__.split("+")[0]
+    monkeypatch.setattr(torch, "__version__", "9.8.7+cpu")
+    library, error = compiled_ops.load_library()
+    assert library is None
+    assert f"built against torch {_C.TORCH_VERSION}, this is 9.8.7" in str(error)

@@ -13,6 +13,7 @@
 
 #include <Python.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <exception>
 #include <type_traits>
@@ -131,7 +132,9 @@ PyMODINIT_FUNC RETINANET_PLUGIN_CONCAT(PyInit_, TORCH_EXTENSION_NAME)() {
   PyObject* with_cuda = PyBool_FromLong(retinanet_plugin::built_with_cuda() ? 1 : 0);
   const int added = PyModule_AddObjectRef(module, "WITH_CUDA", with_cuda);
   Py_DECREF(with_cuda);
-  if (added < 0) {
+  // The torch whose headers this was compiled with ("2.14.1"): the library links against that
+  // torch's C++ ABI, whatever the Python (retinanet_plugin/layers/compiled_ops.py compares it).
+  if (added < 0 || PyModule_AddStringConstant(module, "TORCH_VERSION", TORCH_VERSION) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -23,13 +23,24 @@ from .reduction import check_reduction
 
 REBUILD_HINT = "run `pip install --no-build-isolation -e .` in the retinanet_plugin folder"
 
-try:
-    from .. import _C  # noqa: F401  (the import registers the torch.ops.retinanet_plugin ops)
 
-    LOAD_ERROR: Optional[BaseException] = None
-except (ImportError, OSError) as e:  # not built, or built against another torch
-    _C = None
-    LOAD_ERROR = e
+def load_library():
+    """``(_C, None)``, or ``(None, the reason)`` when it is not built or was built against another
+    torch than this one (its C++ ABI is that torch's: ``_C.TORCH_VERSION``, from its headers)."""
+    try:
+        from .. import _C  # the import registers the torch.ops.retinanet_plugin ops
+    except (ImportError, OSError) as e:
+        return None, e
+    running = torch.__version__.split("+")[0]  # "2.14.1+cu130": the local part is the build's
+    built = getattr(_C, "TORCH_VERSION", "unknown (an older build)")
+    if built != running:
+        return None, ImportError(
+            f"{_C.__file__} was built against torch {built}, this is {running}"
+        )
+    return _C, None
+
+
+_C, LOAD_ERROR = load_library()
 
 
 def op_available() -> bool:
