@@ -154,3 +154,6 @@ def test_the_op_library_knows_its_torch_and_another_torch_refuses_it(monkeypatch
     library, error = compiled_ops.load_library()
     assert library is None
     assert f"built against torch {_C.TORCH_VERSION}, this is 9.8.7" in str(error)
+    # a nightly or local build of the same release is that release
+    monkeypatch.setattr(torch, "__version__", f"{_C.TORCH_VERSION}.dev20261204+cpu")
+    assert compiled_ops.load_library() == (_C, None)

@@ -15,6 +15,7 @@ takes from here:
   (``output_strides`` in ``csrc/loss_driver.h``), for ``torch.compile`` and ``torch.export``.
 """
 
+import re
 from typing import Optional, Tuple, Union
 
 import torch
@@ -31,7 +32,8 @@ def load_library():
         from .. import _C  # the import registers the torch.ops.retinanet_plugin ops
     except (ImportError, OSError) as e:
         return None, e
-    running = torch.__version__.split("+")[0]  # "2.14.1+cu130": the local part is the build's
+    # "2.14.1" of "2.14.1+cu130", "2.15.0" of "2.15.0.dev20260101+cpu": the header has the release
+    running = re.match(r"\d+\.\d+\.\d+", torch.__version__).group()
     built = getattr(_C, "TORCH_VERSION", "unknown (an older build)")
     if built != running:
         return None, ImportError(
