@@ -105,8 +105,17 @@ def test_the_op_library_needs_no_particular_python():
 
 
 def _wheel_with_prebuilt_op(tmp_path, library):
-    """``pip wheel`` of the source tree with RETINANET_PLUGIN_OP_LIBRARY=library: the process."""
-    env = dict(os.environ, RETINANET_PLUGIN_OP_LIBRARY=str(library), FORCE_CUDA="0")
+    """``pip wheel`` of the source tree with RETINANET_PLUGIN_OP_LIBRARY=library: the process. Its
+    build folder is under tmp_path (setuptools' DIST_EXTRA_CONFIG), so that the source tree's
+    build/lib never holds the test's library for a later wheel to pick up as up to date."""
+    config = tmp_path / "build.cfg"
+    config.write_text(f"[build]\nbuild_base = {tmp_path / 'build'}\n")
+    env = dict(
+        os.environ,
+        RETINANET_PLUGIN_OP_LIBRARY=str(library),
+        FORCE_CUDA="0",
+        DIST_EXTRA_CONFIG=str(config),
+    )
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps"]
     return subprocess.run(
         [*cmd, "-w", str(tmp_path / "wheel"), REPO_ROOT],
@@ -131,6 +140,9 @@ def test_a_prebuilt_op_library_is_installed_instead_of_compiling(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (wheel,) = (tmp_path / "wheel").glob("retinanet_plugin-*.whl")
     assert zipfile.ZipFile(wheel).read("retinanet_plugin/_C.abi3.so") == library.read_bytes()
+    assert (tmp_path / "build").is_dir()  # the build folder was the test's
+    source_tree_builds = Path(REPO_ROOT, "build").glob("lib*/retinanet_plugin/_C.abi3.so")
+    assert not [p for p in source_tree_builds if p.read_bytes() == library.read_bytes()]
 
     wrong = tmp_path / "_C.cpython-313-x86_64-linux-gnu.so"
     shutil.copyfile(library, wrong)
