@@ -18,8 +18,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, Instances, Boxes
 
 from conftest import REPO_ROOT
-from retinanet_plugin.data import file_datasets
-from retinanet_plugin.data.file_datasets import parse_file_dataset_name, register_file_datasets
+from retinanet_plugin.data.file_datasets import (
+    parse_file_dataset_name,
+    register_file_datasets,
+    unregister_file_datasets,
+)
 from retinanet_plugin.data.voc import VocAnnotationError
 from retinanet_plugin.engine import RetinaNetPluginTrainer, config_from_file
 from script_module import load_script  # a helper beside the tests
@@ -33,11 +36,7 @@ def forget_registrations():
     test)."""
     before = set(DatasetCatalog.list())
     yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-        file_datasets._voc_groups.pop(name, None)
-    file_datasets._voc_cache.clear()
+    unregister_file_datasets(sorted(set(DatasetCatalog.list()) - before))
 
 
 def _image(path, size=(96, 128), boxes=()):
@@ -244,6 +243,9 @@ def test_voc_classes_key_fixes_the_order_and_names_objects_outside_it(tmp_path):
         ("coordinate", r"0\.xml: object #0 has <xmax> 'wide' in its <bndbox>, not a number"),
         ("name", r"0\.xml: object #0 has no <name>"),
         ("image", r"1 annotation files have no image in .*: .*0\.xml"),
+        ("no coordinate", r"0\.xml: object #0 has no <ymin> in its <bndbox>"),
+        ("encoding", r"0\.xml is not readable XML \(unknown encoding: no-such-codec"),
+        ("folder", r"0\.xml cannot be read \(IsADirectoryError"),
     ],
 )
 def test_broken_voc_files_are_named(tmp_path, problem, message):
@@ -255,6 +257,13 @@ def test_broken_voc_files_are_named(tmp_path, problem, message):
         xml.write_text(xml.read_text().replace("<xmax>50</xmax>", "<xmax>wide</xmax>"))
     elif problem == "name":
         xml.write_text(xml.read_text().replace("<name>tree</name>", ""))
+    elif problem == "no coordinate":
+        xml.write_text(xml.read_text().replace("<ymin>21</ymin>", ""))
+    elif problem == "encoding":
+        xml.write_text("<?xml version='1.0' encoding='no-such-codec'?>" + xml.read_text())
+    elif problem == "folder":
+        os.remove(xml)
+        xml.mkdir()
     else:
         os.remove(folder / "0.png")
     register_file_datasets([f"voc:{folder}"])
@@ -262,14 +271,88 @@ def test_broken_voc_files_are_named(tmp_path, problem, message):
         DatasetCatalog.get(f"voc:{folder}")
 
 
-def test_an_xml_without_size_takes_it_from_the_image(tmp_path):
+@pytest.mark.parametrize("size", [None, "0", "-5", "64.5", "x", "nan", "inf", "1e400"])
+def test_an_xml_without_a_usable_size_takes_it_from_the_image(tmp_path, size):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    _image(folder / "0.png", size=(50, 70))
+    _xml(folder / "0.xml", "0.png", [TREE], size=None if size is None else (7, 9))
+    if size is not None:
+        text = (folder / "0.xml").read_text()
+        (folder / "0.xml").write_text(text.replace(">7<", f">{size}<").replace(">9<", f">{size}<"))
+    register_file_datasets([f"voc:{folder}"])
+    record = DatasetCatalog.get(f"voc:{folder}")[0]
+    assert (record["height"], record["width"]) == (50, 70)
+
+
+@pytest.mark.parametrize(
+    "split_file, message",
+    [
+        (b"", r"the split file .*train\.txt names no image"),
+        (b"\n   \n", r"the split file .*train\.txt names no image"),
+        (b"0000\n\xff\xfe0001\n", r"the split file .*train\.txt cannot be read \('utf-8' codec"),
+        (None, r"the split file .*train\.txt is not a file"),
+        (b"0000\n0007\n", r"1 annotation files listed in the split .*: .*0007\.xml"),
+    ],
+)
+def test_broken_split_files_are_named(tmp_path, split_file, message):
+    root = _voc_layout(tmp_path / "VOC", [[TREE], [BUSH]], {})
+    split = root / "ImageSets" / "Main" / "train.txt"
+    if split_file is None:
+        split.mkdir()
+    else:
+        split.write_bytes(split_file)
+    register_file_datasets([f"voc:{root}:train"])
+    with pytest.raises(VocAnnotationError, match=message):
+        DatasetCatalog.get(f"voc:{root}:train")
+
+
+def test_a_folder_used_for_training_and_testing_is_named_once(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    _image(folder / "0.png")
+    _xml(folder / "0.xml", "0.png", [])
+    name = f"voc:{folder}"
+    register_file_datasets([name, name])
+    with pytest.raises(VocAnnotationError, match=r"no XML file has an <object>") as error:
+        DatasetCatalog.get(name)
+    assert str(error.value).count(name) == 1, str(error.value)
+
+
+def test_unregistered_folders_are_read_again(tmp_path):
+    folder = _flat_folder(tmp_path / "f", [[TREE]])
+    name = f"voc:{folder}"
+    register_file_datasets([name])
+    assert len(DatasetCatalog.get(name)[0]["annotations"]) == 1
+    _xml(folder / "0.xml", "0.png", [TREE, BUSH])
+    unregister_file_datasets([name, "not_a_file_dataset", f"voc:{tmp_path}/never_registered"])
+    assert name not in DatasetCatalog.list()
+    register_file_datasets([name])
+    assert len(DatasetCatalog.get(name)[0]["annotations"]) == 2
+
+
+def test_an_xml_without_size_takes_the_size_the_exif_orientation_shows(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    Image.new("RGB", (70, 50)).save(folder / "0.jpg", exif=exif.tobytes())
+    _xml(folder / "0.xml", "0.jpg", [("tree", (5, 5, 40, 60), False)], size=None)
+    register_file_datasets([f"voc:{folder}"])
+    record = DatasetCatalog.get(f"voc:{folder}")[0]
+    assert (record["height"], record["width"]) == (70, 50)
+
+
+def test_an_xml_without_size_and_a_bomb_of_an_image_is_named(tmp_path, monkeypatch):
     folder = tmp_path / "f"
     folder.mkdir()
     _image(folder / "0.png", size=(50, 70))
     _xml(folder / "0.xml", "0.png", [TREE], size=None)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 50 x 70 is over twice that
     register_file_datasets([f"voc:{folder}"])
-    record = DatasetCatalog.get(f"voc:{folder}")[0]
-    assert (record["height"], record["width"]) == (50, 70)
+    message = r"0\.xml has no <size>: its image .*0\.png is larger"
+    with pytest.raises(VocAnnotationError, match=message):
+        DatasetCatalog.get(f"voc:{folder}")
 
 
 def test_num_classes_from_data_and_mismatches_name_both_numbers(tmp_path):

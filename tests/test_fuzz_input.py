@@ -16,18 +16,14 @@ A case passes when it ends in one of the plugin's errors whose message names the
 class-count mismatch: the dataset and ``MODEL.RETINANET.NUM_CLASSES``), or when the input is
 accepted, possibly repaired with a log line, and what comes out is sound (boxes inside their image,
 finite losses, finite weights). It fails on any other exception (a traceback from inside Detectron2,
-pycocotools, PIL, torch or the model) and on a case that runs past its time limit. VOC XML datasets
-are not fuzzed: the plugin has none yet.
-
-The cases are drawn from ``random.Random(f"{SEED}-{family}-{index}")``, so a failure names a
-reproducible case. Each family stops at its case count or its time budget, whichever comes first,
-and prints how many it tried.
+pycocotools, PIL, torch or the model) and on a case that runs past its time limit. Pascal VOC XML
+datasets are fuzzed in ``test_fuzz_voc.py``; the seeding, budgets and time limits are
+``fuzzing.py``'s.
 """
 
 import collections
 import contextlib
 import copy
-import faulthandler
 import importlib
 import importlib.util
 import io
@@ -35,11 +31,7 @@ import json
 import logging
 import os
 import pickle
-import random
-import signal
 import struct
-import time
-import traceback
 import uuid
 import zlib
 from pathlib import Path
@@ -54,10 +46,19 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
-from detectron2.utils.events import EventStorage
 
-from retinanet_plugin import model_zoo
-from script_module import load_script  # a helper beside the tests
+from fuzzing import (  # helpers beside the tests
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    Fuzzer,
+    assert_names,
+    fuzz_cfg,
+    image_pixels,
+    junk,
+    one_thread,
+    train_forward,
+)
+from script_module import load_script
 from retinanet_plugin.data import (
     CheckedDatasetMapper,
     DatasetValidationError,
@@ -72,211 +73,30 @@ from retinanet_plugin.checkpoint import (
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_detectron2_retinanet.py"
 
-SEED = 1402
 CASES = {"coco_json": 200, "image": 150, "checkpoint": 150}  # 500 in all
 BUDGET_S = {
     "coco_json": 16.0,
     "image": 9.0,
     "checkpoint": 9.0,
 }  # CPU seconds per family; the whole file stays well under 60 s on a quiet machine
-MIN_CASES = {
-    family: count // 4 for family, count in CASES.items()
-}  # fewer means the machine starved the test
-CASE_TIMEOUT_S = 15.0  # one case longer than this is a hang
-IMAGE_SIZE = (48, 64)
-NUM_CLASSES = 2
 
 
 convert_tool = load_script("tools/convert_detectron2_retinanet.py")
 
 
-class CaseTimeout(BaseException):
-    """Not an Exception: no ``except Exception`` in the code under test may take a timeout for its
-    own error."""
-
-
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-HANG_TRACEBACK = (
-    Path(os.environ.get("TMPDIR", "/tmp")) / f"retinanet_plugin_fuzz_hang_{os.getpid()}.txt"
-)
-
-
-@contextlib.contextmanager
-def _time_limit(seconds):
-    """CaseTimeout after ``seconds`` (SIGALRM, which interrupts Python code); a hang inside C code,
-    which SIGALRM cannot interrupt, makes faulthandler write every thread's stack to HANG_TRACEBACK
-    and end the process after 3 x ``seconds``: the run fails instead of hanging."""
-
-    def on_alarm(signum, frame):
-        raise CaseTimeout(f"the case ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    with open(HANG_TRACEBACK, "w") as hang_file:
-        faulthandler.dump_traceback_later(3 * seconds, exit=True, file=hang_file)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            faulthandler.cancel_dump_traceback_later()
-
-
-class _Fuzzer:
-    """Runs the cases of one family and keeps the outcomes and the failures."""
-
-    def __init__(self, family):
-        self.family = family
-        self.outcomes = collections.Counter()
-        self.failures = []
-        self.tried = 0
-
-    def run(self, make_and_check):
-        # the budget is this process's CPU time, not the wall clock: with other work on the machine
-        # (another test file in a second pytest worker) the same cases still fit in it
-        start, cpu_start = time.monotonic(), time.process_time()
-        for index in range(CASES[self.family]):
-            if time.process_time() - cpu_start > BUDGET_S[self.family]:
-                break
-            rng = random.Random(f"{SEED}-{self.family}-{index}")
-            self.tried += 1
-            case = {
-                "description": "?"
-            }  # make_and_check names the case here as soon as it has made it
-            try:
-                with _time_limit(CASE_TIMEOUT_S):
-                    outcome = make_and_check(rng, index, case)
-                self.outcomes[outcome] += 1
-            except CaseTimeout as e:
-                self.failures.append(f"case {index} ({case['description']}): hang: {e}")
-            except AssertionError as e:
-                self.failures.append(f"case {index} ({case['description']}): {e}")
-            except Exception as e:  # noqa: BLE001 - anything else is what this test looks for
-                where = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-                self.failures.append(
-                    f"case {index} ({case['description']}): unexpected {type(e).__name__}: "
-                    f"{str(e)[:300]}\n{where}"
-                )
-        self.seconds = time.monotonic() - start
-        if HANG_TRACEBACK.exists() and HANG_TRACEBACK.stat().st_size == 0:
-            HANG_TRACEBACK.unlink()
-
-    def report(self, capsys):
-        with capsys.disabled():
-            print(
-                f"\n[fuzz] {self.family}: {self.tried} cases in {self.seconds:.1f} s (seed "
-                f"{SEED}); outcomes: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
-            )
-        shown = "\n\n".join(self.failures[:8])
-        assert not self.failures, (
-            f"{len(self.failures)} of {self.tried} {self.family} cases failed:\n{shown}"
-        )
-        assert self.tried >= MIN_CASES[self.family], (
-            f"only {self.tried} {self.family} cases ran in the time budget"
-        )
-        assert len(self.outcomes) >= 2, (
-            f"every {self.family} case ended the same way: {dict(self.outcomes)}"
-        )
-
-
-def _junk(rng):
-    return rng.choice(
-        [
-            None,
-            -1,
-            0,
-            1,
-            7,
-            2**31,
-            2**64,
-            1e308,
-            -1e308,
-            float("nan"),
-            float("inf"),
-            0.5,
-            -3.5,
-            "",
-            "x",
-            "12",
-            [],
-            [1],
-            [1, 2, 3, 4],
-            {},
-            {"a": 1},
-            True,
-            False,
-        ]
-    )
-
-
-def _assert_names(error, *paths):
-    message = str(error)
-    assert any(str(p) in message for p in paths), (
-        f"{type(error).__name__} does not name the file ({', '.join(map(str, paths))}): "
-        f"{message[:500]}"
-    )
-
-
-# ==================================================================================================
-# The model and the inputs
-# ==================================================================================================
-
-
-def _cfg(out_dir):
-    cfg = model_zoo.get_config("synthetic/retinanet_R18_synthetic.yaml")
-    cfg.merge_from_list(
-        [
-            "MODEL.RETINANET.NUM_CLASSES",
-            str(NUM_CLASSES),
-            "MODEL.RETINANET_PLUGIN.FOCAL_LOSS_IMPL",
-            "reference",
-            "INPUT.MIN_SIZE_TRAIN",
-            "(48,)",
-            "INPUT.MAX_SIZE_TRAIN",
-            "96",
-            "INPUT.MIN_SIZE_TEST",
-            "48",
-            "INPUT.MAX_SIZE_TEST",
-            "96",
-            "DATALOADER.NUM_WORKERS",
-            "0",
-            "OUTPUT_DIR",
-            str(out_dir),
-        ]
-    )
-    return cfg
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def model_and_cfg(tmp_path_factory):
-    cfg = _cfg(tmp_path_factory.mktemp("fuzz_out"))
+    cfg = fuzz_cfg(tmp_path_factory.mktemp("fuzz_out"))
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     return model, cfg
-
-
-def _train_forward(model, batch):
-    """A training forward: what the trainer does with a mapped batch. The losses must be finite."""
-    with torch.no_grad(), EventStorage(0):
-        losses = model(batch)
-    for name, value in losses.items():
-        assert torch.isfinite(value).all(), f"{name} is {value} on accepted input"
-
-
-def _image_pixels(seed):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(*IMAGE_SIZE, 3), dtype=np.uint8)
-    pixels[10:30, 12:40] = (200, 40, 90)
-    return pixels
 
 
 # ==================================================================================================
@@ -291,7 +111,7 @@ def coco_base(tmp_path_factory):
     (root / "images").mkdir()
     images, annotations = [], []
     for i in range(4):
-        Image.fromarray(_image_pixels(i)).save(root / "images" / f"{i}.png")
+        Image.fromarray(image_pixels(i)).save(root / "images" / f"{i}.png")
         images.append(
             {"id": i + 1, "file_name": f"{i}.png", "height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]}
         )
@@ -343,7 +163,7 @@ def _mutate_coco_structure(coco, rng):
                 coco.pop(key, None)
                 done.append(f"removed '{key}'")
             else:
-                coco[key] = _junk(rng)
+                coco[key] = junk(rng)
                 done.append(f"'{key}' = {coco[key]!r}")
         elif kind == "image" and isinstance(coco.get("images"), list) and coco["images"]:
             image = rng.choice(coco["images"])
@@ -371,7 +191,7 @@ def _mutate_coco_structure(coco, rng):
                 image[key] = rng.choice([1, 2, 47, 49, 64, 480, 10**6, 48.0, -48])
                 done.append(f"image: {key} {image[key]!r}")
             else:
-                image[key] = _junk(rng)
+                image[key] = junk(rng)
                 done.append(f"image: {key} {image[key]!r}")
         elif (
             kind == "annotation"
@@ -415,7 +235,7 @@ def _mutate_coco_structure(coco, rng):
                 )
                 done.append(f"annotation: segmentation {annotation[key]!r}")
             else:
-                annotation[key] = _junk(rng)
+                annotation[key] = junk(rng)
                 done.append(f"annotation: {key} {annotation[key]!r}")
         elif kind == "bbox" and isinstance(coco.get("annotations"), list) and coco["annotations"]:
             annotation = rng.choice(coco["annotations"])
@@ -548,7 +368,7 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
                 dicts = load_checked_dataset_dicts(cfg, name, is_train=True)
                 test_dicts = load_checked_dataset_dicts(cfg, name, is_train=False)
             except (DatasetValidationError, FileNotFoundError) as e:
-                _assert_names(e, json_file, image_root)
+                assert_names(e, json_file, image_root)
                 return f"error: {type(e).__name__}"
             except ValueError as e:  # the class count check: names the dataset and the config key
                 if not str(e).startswith("MODEL.RETINANET.NUM_CLASSES is"):
@@ -572,10 +392,10 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
                 for r in test_dicts:
                     test_mapper(r)
             except (UnreadableImageError, FileNotFoundError, SizeMismatchError) as e:
-                _assert_names(e, image_root)
+                assert_names(e, image_root)
                 return f"error when read: {type(e).__name__}"
             if batch:
-                _train_forward(model, batch[:4])
+                train_forward(model, batch[:4])
             repaired = any(
                 r.levelno >= logging.WARNING and r.name.startswith("retinanet_plugin")
                 for r in caplog.records
@@ -585,7 +405,7 @@ def test_fuzz_coco_json(tmp_path, coco_base, model_and_cfg, capsys, caplog):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
 
-    fuzzer = _Fuzzer("coco_json")
+    fuzzer = Fuzzer("coco_json", CASES["coco_json"], BUDGET_S["coco_json"])
     fuzzer.run(case)
     fuzzer.report(capsys)
 
@@ -650,7 +470,7 @@ def _with_exif_orientation(pixels, rng):
 @pytest.fixture(scope="module")
 def image_bases():
     """Valid encodings of one 48x64 picture: {name: (bytes, PIL format)}."""
-    pixels = _image_pixels(7)
+    pixels = image_pixels(7)
     bases = {}
     for name, mode, fmt in (
         ("rgb.png", "RGB", "PNG"),
@@ -751,17 +571,17 @@ def test_fuzz_images(tmp_path, image_bases, model_and_cfg, capsys, caplog):
         try:
             sample = mapper(record)
         except (UnreadableImageError, FileNotFoundError, SizeMismatchError) as e:
-            _assert_names(e, path)
+            assert_names(e, path)
             return f"error: {type(e).__name__}"
         image = sample["image"]
         assert image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3, (
             f"image {image.shape}"
         )
-        _train_forward(model, [sample])
+        train_forward(model, [sample])
         converted = any("converted to" in r.getMessage() for r in caplog.records)
         return "decoded, converted (logged)" if converted else "decoded"
 
-    fuzzer = _Fuzzer("image")
+    fuzzer = Fuzzer("image", CASES["image"], BUDGET_S["image"])
     fuzzer.run(case)
     fuzzer.report(capsys)
 
@@ -999,7 +819,7 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
                 assert torch.isfinite(v).all(), f"loaded non-finite {k}"
             outcomes.append("loaded")
         except (CheckpointReadError, CheckpointMismatchError, FileNotFoundError) as e:
-            _assert_names(e, path)
+            assert_names(e, path)
             outcomes.append("refused")
         # --resume from a damaged last checkpoint: falls back to the older good one, or names every
         # file
@@ -1016,7 +836,7 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
                 assert checkpoint.get("iteration") in (3, None), checkpoint.get("iteration")
                 outcomes.append("resumed")
             except (CheckpointReadError, CheckpointMismatchError) as e:
-                _assert_names(e, path)
+                assert_names(e, path)
                 outcomes.append("resume refused")
         # tools/convert_detectron2_retinanet.py (its __main__ prints "error: <message>" for these)
         output = path.parent / "converted.pth"
@@ -1028,11 +848,11 @@ def test_fuzz_checkpoints(tmp_path, capsys, caplog):
             )
             outcomes.append("converted")
         except (ValueError, FileNotFoundError) as e:
-            _assert_names(e, path)
+            assert_names(e, path)
             assert not output.exists(), "a refused conversion wrote its output"
             outcomes.append("conversion refused")
         return " / ".join(outcomes)
 
-    fuzzer = _Fuzzer("checkpoint")
+    fuzzer = Fuzzer("checkpoint", CASES["checkpoint"], BUDGET_S["checkpoint"])
     fuzzer.run(case)
     fuzzer.report(capsys)

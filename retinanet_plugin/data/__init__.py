@@ -31,6 +31,7 @@ from .file_datasets import (
     dataset_class_names,
     register_datasets_of_config,
     register_file_datasets,
+    unregister_file_datasets,
 )
 from .image_reading import UnreadableImageError, read_image_checked
 from .synthetic_shapes import (
@@ -43,6 +44,7 @@ from .synthetic_shapes import (
     ensure_synthetic_shapes,
     register_synthetic_shapes,
 )
+from .voc import VocAnnotationError
 
 register_synthetic_shapes()
 
@@ -51,9 +53,11 @@ __all__ = [
     "dataset_class_names",
     "register_datasets_of_config",
     "register_file_datasets",
+    "unregister_file_datasets",
     "CheckedDatasetMapper",
     "DatasetValidationError",
     "UnreadableImageError",
+    "VocAnnotationError",
     "SYNTHETIC_SHAPES_CLASSES",
     "SYNTHETIC_SHAPES_NUM_CLASSES",
     "SYNTHETIC_SHAPES_TRAIN",

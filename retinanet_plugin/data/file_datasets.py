@@ -34,6 +34,7 @@ __all__ = [
     "parse_file_dataset_name",
     "register_datasets_of_config",
     "register_file_datasets",
+    "unregister_file_datasets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def register_file_datasets(names: Sequence[str], voc_classes: Sequence[str] = ()
     from detectron2.data.datasets import register_coco_instances
 
     names = [n for n in names if is_file_dataset_name(n)]
-    voc_group = tuple(n for n in names if n.startswith("voc:"))
+    voc_group = tuple(dict.fromkeys(n for n in names if n.startswith("voc:")))  # train and test
     registered = []
     with _lock:
         for name in names:
@@ -163,6 +164,22 @@ def register_file_datasets(names: Sequence[str], voc_classes: Sequence[str] = ()
                 MetadataCatalog.get(name).set(evaluator_type="coco", voc_folder=path)
             registered.append(name)
     return registered
+
+
+def unregister_file_datasets(names: Sequence[str]) -> None:
+    """Remove file-given datasets from Detectron2's catalogs and forget what was read for them (the
+    next registration reads the files again); names not registered are skipped."""
+    with _lock:
+        for name in names:
+            if not is_file_dataset_name(name):
+                continue
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+            if name in MetadataCatalog.list():
+                MetadataCatalog.remove(name)
+            if _voc_groups.pop(name, None) is not None:
+                _, folder, split = parse_file_dataset_name(name)
+                _voc_cache.pop((folder, split), None)
 
 
 def register_datasets_of_config(cfg) -> List[str]:

@@ -28,9 +28,11 @@ __all__ = [
     "EXIF_ORIENTATION_POLICIES",
     "SIXTEEN_BIT_MODES",
     "apply_image_size_limit",
+    "exif_orientation",
     "orient_as_annotated",
     "oriented_size",
     "sixteen_bit_to_8bit",
+    "size_limit_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,9 @@ def _log_limited(kind: str, message: str) -> None:
         )
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) when it has none, an unknown one or a corrupt
+    EXIF block."""
     try:
         value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - a corrupt EXIF block: the pixels are used as stored
@@ -91,7 +95,7 @@ def orient_as_annotated(
         raise ValueError(
             f"DATASETS.EXIF_ORIENTATION must be one of {EXIF_ORIENTATION_POLICIES}, got {policy!r}"
         )
-    orientation = _orientation(image)
+    orientation = exif_orientation(image)
     if orientation == 1 or policy == "ignore":
         return image
     if policy == "auto" and expected_size is not None:

@@ -29,11 +29,16 @@ given class list.
 import dataclasses
 import glob
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from PIL import Image
+
 from detectron2.structures import BoxMode
+
+from .image_quirks import exif_orientation, oriented_size, size_limit_message
 
 __all__ = [
     "VocAnnotationError",
@@ -80,17 +85,20 @@ def _text(element: Optional[ET.Element]) -> Optional[str]:
 
 
 def _positive_int(value: Optional[str]) -> Optional[int]:
+    """A whole number > 0 ("64", "64.0"), else None (missing, "0", "-5", "64.5", "nan", "inf")."""
     try:
         number = float(value) if value is not None else None
     except ValueError:
         return None
-    if number is None or number <= 0 or number != int(number):
+    if number is None or not math.isfinite(number) or number <= 0 or not number.is_integer():
         return None
     return int(number)
 
 
 def _coordinate(box: ET.Element, tag: str, xml_file: str, position: int) -> float:
     value = _text(box.find(tag))
+    if not value:
+        raise VocAnnotationError(f"{xml_file}: object #{position} has no <{tag}> in its <bndbox>")
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -103,7 +111,7 @@ def parse_voc_xml(xml_file: str) -> VocImage:
     """One VOC XML file (its image is not looked for: :func:`find_voc_images` does)."""
     try:
         root = ET.parse(xml_file).getroot()
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError) as e:  # LookupError: an encoding Python does not know
         raise VocAnnotationError(f"{xml_file} is not readable XML ({e})") from e
     except OSError as e:
         raise VocAnnotationError(f"{xml_file} cannot be read ({type(e).__name__}: {e})") from e
@@ -150,6 +158,8 @@ def _image_beside(folder: str, stem: str, file_name: Optional[str]) -> Optional[
 def _split_stems(folder: str, split: str) -> List[str]:
     split_dir = os.path.join(folder, "ImageSets", "Main")
     path = os.path.join(split_dir, f"{split}.txt")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise VocAnnotationError(f"voc:{folder}:{split}: the split file {path} is not a file")
     if not os.path.isfile(path):
         available = (
             sorted(os.path.splitext(f)[0] for f in os.listdir(split_dir))
@@ -167,8 +177,16 @@ def _split_stems(folder: str, split: str) -> List[str]:
                 else " (no ImageSets/Main folder)"
             )
         )
-    with open(path) as f:
-        return [line.split()[0] for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            stems = [line.split()[0] for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise VocAnnotationError(
+            f"voc:{folder}:{split}: the split file {path} cannot be read ({e})"
+        ) from e
+    if not stems:
+        raise VocAnnotationError(f"voc:{folder}:{split}: the split file {path} names no image")
+    return stems
 
 
 def _with_images(folder: str, xml_files: Sequence[str], images_dir: str) -> List[VocImage]:
@@ -200,7 +218,7 @@ def find_voc_images(folder: str, split: Optional[str] = None) -> Tuple[List[VocI
             if missing:
                 raise VocAnnotationError(
                     f"voc:{folder}:{split}: {len(missing)} annotation files listed in the split "
-                    "are not there: "
+                    "are not there (or not files): "
                     + ", ".join(missing[:5])
                     + (" ..." if len(missing) > 5 else "")
                 )
@@ -250,13 +268,15 @@ def _image_size(image: VocImage) -> Tuple[int, int]:
     (oriented)."""
     if image.width and image.height:
         return image.height, image.width
-    from PIL import Image, ImageOps
-
     try:
-        with Image.open(image.image_file) as pil:
-            oriented = ImageOps.exif_transpose(pil) if pil.getexif().get(0x0112, 1) != 1 else pil
-            width, height = oriented.size
-    except OSError as e:
+        with Image.open(image.image_file) as pil:  # reads the header, not the pixels
+            width, height = oriented_size(*pil.size, exif_orientation(pil))
+    except Image.DecompressionBombError as e:
+        raise VocAnnotationError(
+            f"{image.xml_file} has no <size>: "
+            + size_limit_message(f"its image {image.image_file}", e)
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:  # what PIL raises on a file it cannot open
         raise VocAnnotationError(
             f"{image.xml_file} has no <size> and its image {image.image_file} cannot be read ({e})"
         ) from e
