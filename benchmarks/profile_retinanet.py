@@ -18,8 +18,14 @@ stage:
 The network (ResNet, FPN, head) is the same in both models: differences there are run-to-run noise,
 and show how far to trust the others.
 
+Per kind and model it also reports the convolutions' share of the step (the self time of the aten
+convolution ops, forward and backward), the step's GFLOP (``torch.utils.flop_counter``, one more
+unprofiled step) and so the rate the convolutions ran at, and the most the plugin could gain
+without faster convolutions: Detectron2's step over the plugin's convolutions alone.
+
 Usage (from the repository root; ``python -m benchmarks.profile_retinanet`` works the same):
-    python benchmarks/profile_retinanet.py [--size 384x640] [--batch 2] [--threads 1] [--trace]
+    python benchmarks/profile_retinanet.py [--size 384x640] [--batch 2] [--threads 1] [--trace] \
+        [--kinds train,inference]
     python benchmarks/profile_retinanet.py --stress   # 800x1333, 1 image, 500 boxes, training only
 Writes ``retinanet_profile_[stress_]cpu.{json,md}`` (and with ``--trace`` Chrome traces) under
 ``--output``.
@@ -36,11 +42,13 @@ from typing import Callable, Dict
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import profile_stages, retinanet_child
 from benchmarks.harness import RESULTS_DIR, inputs, machine, peers, report, weights
 
 MODELS = ("plugin", "detectron2")
+KINDS = ("train", "inference")
 
 
 def build(model_name: str, args, weights_path: str):
@@ -82,18 +90,26 @@ def make_steps(model_name: str, model, args) -> Dict[str, Callable[[], object]]:
     return {"train": train_step, "inference": infer_step}
 
 
+def step_gflop(step: Callable[[], object]) -> float:
+    """GFLOP of one call of ``step`` (``torch.utils.flop_counter``: convolutions and matrix
+    products, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def profile_interleaved(models: Dict[str, torch.nn.Module], args):
     """Per kind, ``args.warmup`` unprofiled steps of each model, then ``args.steps`` profiled steps
     of each, alternating between the models (A B, B A, ...) so that a machine getting busier or
     quieter favours neither.
 
-    Returns ({kind: {model: summary averaged over the steps}}, {model: scopes applied},
-    {(model, kind): last profiler}).
+    Returns ({kind: {model: summary averaged over the steps, with the GFLOP of one more
+    unprofiled step}}, {model: scopes applied}, {(model, kind): last profiler}).
     """
     from detectron2.utils.events import EventStorage
 
     steps = {name: make_steps(name, model, args) for name, model in models.items()}
-    kinds = ("train",) if args.stress else ("train", "inference")
+    kinds = ("train",) if args.stress else args.kinds
     summaries, scopes, last = defaultdict(dict), {}, {}
     with EventStorage(0):
         for kind in kinds:
@@ -102,6 +118,7 @@ def profile_interleaved(models: Dict[str, torch.nn.Module], args):
                     scopes[name] = applied
                     for _ in range(args.warmup):
                         steps[name][kind]()
+            gflop = {name: step_gflop(steps[name][kind]) for name in models}
             collected = defaultdict(list)
             for index in range(args.steps):
                 for name in MODELS if index % 2 == 0 else MODELS[::-1]:
@@ -112,6 +129,7 @@ def profile_interleaved(models: Dict[str, torch.nn.Module], args):
                     last[name, kind] = prof
             for name in MODELS:
                 summaries[kind][name] = profile_stages.average(collected[name])
+                summaries[kind][name]["gflop"] = gflop[name]
                 print(
                     f"{name} {kind}: {summaries[kind][name]['total_ms']:.0f} ms per step, profiled",
                     flush=True,
@@ -133,6 +151,32 @@ def op_table(title: str, rows) -> list:
             f"| {op} | {row['plugin_ms']:.1f} | {row['detectron2_ms']:.1f} | "
             f"{row['plugin_ms'] - row['detectron2_ms']:+.1f} |"
         )
+    return lines
+
+
+def convolution_table(bound) -> list:
+    """Markdown lines of ``profile_stages.convolution_bound``'s figures. The rate is the step's
+    FLOPs (convolutions and matrix products; RetinaNet has no other matrix products than its
+    convolutions' own) over the convolutions' time."""
+    lines = [
+        "",
+        "Convolutions (self time of the aten convolution ops, forward and backward), and the GFLOP "
+        "of a step (convolutions and matrix products):",
+        "",
+        "| model | GFLOP per step | convolutions ms | share of the step | GFLOP / convolution s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in bound["models"].items():
+        lines.append(
+            f"| {name} | {row.get('gflop', float('nan')):.1f} | {row['convolution_ms']:.1f} | "
+            f"{row['share']:.1%} | {row.get('convolution_gflop_per_s', float('nan')):.1f} |"
+        )
+    lines += [
+        "",
+        f"Detectron2 / plugin: {bound['detectron2_over_plugin']:.2f}x; Detectron2 / the plugin's "
+        f"convolutions alone: {bound['detectron2_over_plugin_convolutions']:.2f}x, the most that "
+        "work outside the convolutions can give at this convolution speed.",
+    ]
     return lines
 
 
@@ -165,6 +209,7 @@ def format_markdown(result) -> str:
                 f"{row['detectron2_ms']:.1f} | "
                 f"{row['plugin_ms'] - row['detectron2_ms']:+.1f} |"
             )
+        lines += convolution_table(comparison["convolutions"])
         lines += op_table("all ops", comparison["top_op_differences"])
         lines += op_table(
             "outside the network (ResNet/FPN/head forward, conv backward)",
@@ -195,6 +240,12 @@ def parse_args(argv=None):
         action="store_true",
         help="the benchmark's stress case, training only; writes retinanet_profile_stress_cpu.*",
     )
+    add(
+        "--kinds",
+        type=lambda text: tuple(k.strip() for k in text.split(",")),
+        default=KINDS,
+        help="what to profile, comma-separated: train, inference (default both; --stress: train)",
+    )
     add("--threads", type=int, help="torch threads (default: torch's default)")
     add("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
     add("--top", type=int, default=25, help="op rows per kind")
@@ -218,6 +269,8 @@ def parse_args(argv=None):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if not args.kinds or not set(args.kinds) <= set(KINDS):
+        parser.error(f"--kinds must name some of {', '.join(KINDS)}")
     if min(args.batch, args.boxes, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch, --boxes and --steps must be at least 1, --warmup at least 0")
     return args

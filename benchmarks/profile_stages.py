@@ -10,6 +10,7 @@ around it.
 import contextlib
 import functools
 import importlib
+import re
 from collections import defaultdict
 from typing import Callable, Dict, List
 
@@ -160,12 +161,26 @@ def _innermost_stage(event) -> str:
     return "(outside)"
 
 
+# aten's convolution ops, forward and backward: their dispatchers (conv2d, convolution,
+# _convolution), oneDNN's (mkldnn_convolution), the native kernels PyTorch picks for small inputs
+# (_slow_conv2d_forward, thnn_conv2d, ...) and convolution_backward; not the weight reorders.
+CONVOLUTION_OP = re.compile(
+    r"aten::(conv\w*|_?convolution\w*|mkldnn_convolution\w*|_?slow_conv\w*|thnn_conv\w*)"
+)
+
+
+def is_convolution(op_name: str) -> bool:
+    """Whether ``op_name`` (a profiler event's name) is one of aten's convolution ops."""
+    return CONVOLUTION_OP.fullmatch(op_name) is not None
+
+
 def summarize(prof, steps: int) -> Dict[str, object]:
-    """Inclusive ms per stage scope, and self ms per (innermost stage, op), per step (averaged over
-    ``steps``)."""
+    """Inclusive ms per stage scope, self ms per (innermost stage, op), and the self ms of all
+    convolution ops, per step (averaged over ``steps``)."""
     stages = defaultdict(float)
     calls = defaultdict(int)
     ops = defaultdict(float)
+    convolution = 0.0
     for event in prof.events():
         if event.name in STAGES:
             # Nested calls of the same scope (none here) would be counted twice; they do not occur.
@@ -174,9 +189,12 @@ def summarize(prof, steps: int) -> Dict[str, object]:
         else:
             key = f"{_innermost_stage(event)} | {event.name}"
             ops[key] += event.self_cpu_time_total / 1e3 / steps
+            if is_convolution(event.name):
+                convolution += event.self_cpu_time_total / 1e3 / steps
     total = sum(stages[s] for s in STEP_STAGES)
     return {
         "total_ms": total,
+        "convolution_ms": convolution,
         "stages_ms": dict(stages),
         "stage_calls": dict(calls),
         "ops_self_ms": dict(ops),
@@ -188,6 +206,7 @@ def average(summaries: List[Dict[str, object]]) -> Dict[str, object]:
     count = len(summaries)
     merged = {
         "total_ms": sum(s["total_ms"] for s in summaries) / count,
+        "convolution_ms": sum(s["convolution_ms"] for s in summaries) / count,
         "stages_ms": defaultdict(float),
         "stage_calls": defaultdict(float),
         "ops_self_ms": defaultdict(float),
@@ -197,6 +216,28 @@ def average(summaries: List[Dict[str, object]]) -> Dict[str, object]:
             for name, value in summary[key].items():
                 merged[key][name] += value / count
     return {k: dict(v) if isinstance(v, defaultdict) else v for k, v in merged.items()}
+
+
+def convolution_bound(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
+    """How much of each model's step its convolutions take, at what rate, and the most the plugin
+    could gain without faster convolutions: Detectron2's step over the plugin's convolutions alone
+    (everything else taking no time). ``gflop`` (per step, ``torch.utils.flop_counter``: the
+    convolutions and matrix products) is in each model's summary when measured."""
+    models = {}
+    for name, summary in results.items():
+        conv_ms = summary["convolution_ms"]
+        row = {"convolution_ms": conv_ms, "share": conv_ms / summary["total_ms"]}
+        if summary.get("gflop"):
+            row["gflop"] = summary["gflop"]
+            row["convolution_gflop_per_s"] = summary["gflop"] / (conv_ms / 1e3)
+        models[name] = row
+    plugin = results["plugin"]
+    return {
+        "models": models,
+        "detectron2_over_plugin": results["detectron2"]["total_ms"] / plugin["total_ms"],
+        "detectron2_over_plugin_convolutions": results["detectron2"]["total_ms"]
+        / plugin["convolution_ms"],
+    }
 
 
 def compare(results: Dict[str, Dict[str, object]], top: int) -> Dict[str, object]:
@@ -234,6 +275,7 @@ def compare(results: Dict[str, Dict[str, object]], top: int) -> Dict[str, object
     ]
     return {
         "total_ms": {"plugin": plugin["total_ms"], "detectron2": reference["total_ms"]},
+        "convolutions": convolution_bound(results),
         "stages": stage_rows,
         "top_op_differences": op_rows[:top],
         "top_detection_op_differences": detection_rows[:top],

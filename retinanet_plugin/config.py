@@ -123,9 +123,11 @@ def _add_execution_keys(node: CN) -> None:
     # at inference (eval mode) and, in training, under mixed precision (an autocast of the model's
     # device: SOLVER.AMP), where it halves the training step on a CPU with bfloat16 instructions;
     # float32 training runs NCHW either way (channels-last measured no faster there, and its
-    # gradients were further from exact ones). The weights keep their layout, except under DDP with
-    # channels-last mixed-precision training, where they become channels-last too (so that their
-    # gradients fit DDP's buckets: engine/trainer.py, wrap_for_distributed).
+    # gradients were further from exact ones). In eval mode the convolution weights are held
+    # channels-last too, same values (modeling/weight_layout.py says why and how). In training
+    # they keep their layout, except under DDP with channels-last mixed-precision training, where
+    # they become channels-last too (so that their gradients fit DDP's buckets: engine/trainer.py,
+    # wrap_for_distributed).
     node.MEMORY_FORMAT = "auto"
     # Precision of the backbone and head at inference (eval mode): "float32"; "bfloat16" (under
     # torch.autocast; anchors, decoding and NMS stay float32; the scores and boxes move by about

@@ -174,6 +174,90 @@ def test_folded_weights_follow_the_parameters(reference_model):
     )
 
 
+def _conv_weights(model):
+    return {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.shape[-2:] != (1, 1)}
+
+
+def test_eval_mode_holds_the_conv_weights_channels_last_and_train_mode_gives_them_back(
+    reference_model,
+):
+    """With channels-last inference the 3x3 convolution weights are channels-last in eval mode
+    (``modeling/weight_layout.py``): the same parameter objects and values, the same detections
+    after a checkpoint is loaded in eval mode; back in train mode they are NCHW again and training
+    is bit for bit that of a model never put in eval mode."""
+    model = _model(True, "auto", weights_from=reference_model)
+    weights, values = _conv_weights(model), {k: v.clone() for k, v in model.state_dict().items()}
+    assert len(weights) > 20 and all(p.is_contiguous() for p in weights.values())
+    model.eval().eval()  # a second eval() changes nothing more
+    assert _conv_weights(model) == weights  # the same Parameter objects
+    for name, p in weights.items():
+        assert p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous(), name
+    assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
+
+    inputs = _inference_inputs()
+    other = _model(False, "contiguous", weights_from=reference_model)
+    with torch.no_grad():  # other weights than the model's
+        for p in (*other.head.parameters(), *other.backbone.bottom_up.res4.parameters()):
+            p.mul_(1.2)
+    model.load_state_dict(other.state_dict())  # in eval mode, into channels-last weights
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights.values())
+    expected = eval_detections(other, inputs)
+    assert_same_detections(expected, eval_detections(model, inputs), 1e-2, 1e-4)
+    assert not all(
+        len(a) == len(b) and torch.allclose(a.scores, b.scores)
+        for a, b in zip(expected, eval_detections(reference_model, inputs))
+    )  # the loaded weights changed the detections: the comparison above has teeth
+
+    model.train()
+    assert all(p.is_contiguous() for p in weights.values())
+    never_evaluated = _model(True, "auto", weights_from=other).train()
+    results = []
+    for m in (model, never_evaluated):
+        with EventStorage():
+            losses = m(training_inputs())
+        sum(losses.values()).backward()
+        results.append((losses, {n: p.grad for n, p in m.named_parameters()}))
+    (losses_a, grads_a), (losses_b, grads_b) = results
+    assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
+    trained = [k for k in grads_b if grads_b[k] is not None]
+    assert [k for k in grads_a if grads_a[k] is not None] == trained and set(weights) & set(trained)
+    assert all(torch.equal(grads_a[k], grads_b[k]) for k in trained)
+    assert all(grads_a[k].stride() == grads_b[k].stride() for k in trained)
+
+
+def test_mode_switches_under_inference_mode_leave_trainable_weights(reference_model):
+    """eval() and train() called inside ``torch.inference_mode`` (Detectron2's
+    ``inference_context`` within it) still give the model normal tensors, so that training (and
+    autograd in eval mode) works afterwards."""
+    model = _model(True, "auto", weights_from=reference_model)
+    with torch.inference_mode():
+        model.eval()
+        eval_detections(model, _inference_inputs())
+        model.train()
+    assert not any(p.is_inference() for p in model.parameters())
+    with EventStorage():
+        losses = model(training_inputs())
+    sum(losses.values()).backward()
+    with torch.inference_mode():
+        model.eval()
+    assert not any(p.is_inference() for p in model.parameters())
+
+
+def test_weights_keep_their_layout_where_they_were_channels_last_or_the_model_is_nchw(
+    reference_model,
+):
+    """Weights made channels-last before training (``wrap_for_distributed`` under mixed precision)
+    stay so through eval and train; a model with ``MEMORY_FORMAT: contiguous`` keeps NCHW
+    weights in eval mode."""
+    model = _model(True, "auto", weights_from=reference_model).to(memory_format=torch.channels_last)
+    weights = _conv_weights(model)
+    assert all(not p.is_contiguous() for p in weights.values())
+    model.eval().train()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights.values())
+    nchw = _model(True, "contiguous", weights_from=reference_model).eval()
+    assert all(p.is_contiguous() for p in _conv_weights(nchw).values())
+
+
 def test_folded_inference_is_differentiable(reference_model):
     """In eval mode with autograd on, the fold is part of the graph: gradients reach the conv
     weights through it."""

@@ -109,6 +109,15 @@ def calibrate_random_weights(
     return {"bias_shift": shift, "candidates": k, "scores": logits.numel()}
 
 
+def normal_in_logical_order(weight: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """``weight.normal_(0, std)`` drawn in the tensor's logical (NCHW) order, so that the values do
+    not depend on its memory layout (a channels-last model in eval mode holds channels-last conv
+    weights, ``retinanet_plugin/modeling/weight_layout.py``, and ``normal_`` fills memory in
+    order)."""
+    draw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    weight.copy_(draw.normal_(0.0, std, generator=generator))
+
+
 @torch.no_grad()
 def make_weights_sane(model, batched_inputs, generator, randomize_backbone_biases=False):
     """Random weights with outputs in a normal range (for RetinaNet models of Detectron2 and of the
@@ -135,13 +144,13 @@ def make_weights_sane(model, batched_inputs, generator, randomize_backbone_biase
     head = model.head
     convs = [m for m in list(head.cls_subnet) + list(head.bbox_subnet) if isinstance(m, nn.Conv2d)]
     for conv in convs:
-        conv.weight.normal_(0.0, math.sqrt(2.0 / conv.weight[0].numel()), generator=generator)
+        normal_in_logical_order(conv.weight, math.sqrt(2.0 / conv.weight[0].numel()), generator)
         conv.bias.uniform_(-0.1, 0.1, generator=generator)
     fan_in = head.cls_score.weight[0].numel()
-    head.cls_score.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+    normal_in_logical_order(head.cls_score.weight, 1.0 / math.sqrt(fan_in), generator)
     # Zero-mean filters: the (positive, post-ReLU) mean feature would otherwise favour a few
     # classes everywhere.
     head.cls_score.weight.sub_(head.cls_score.weight.mean(dim=(1, 2, 3), keepdim=True))
     head.cls_score.bias.normal_(-6.0, 0.3, generator=generator)
-    head.bbox_pred.weight.normal_(0.0, 0.2 / math.sqrt(fan_in), generator=generator)
+    normal_in_logical_order(head.bbox_pred.weight, 0.2 / math.sqrt(fan_in), generator)
     head.bbox_pred.bias.uniform_(-0.05, 0.05, generator=generator)

@@ -33,6 +33,7 @@ from .detection_selection import DetectionSettings, select_detections, select_de
 from .execution import compiled, network_execution
 from .head import build_retinanet_plugin_head
 from .losses import BoxRegressionLoss, ClassificationLoss, LabelledAnchors, losses_from_config
+from .weight_layout import weight_layout_for_mode
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class RetinaNetPlugin(DenseDetector):
     Detectron2's ``scripting_with_instances`` (inference only), as Detectron2's ``RetinaNet`` does.
     """
 
-    # eval mode's network function (maybe compiled): used only by a method TorchScript leaves out
-    __jit_ignored_attributes__ = ["_eval_network"]
+    # eval mode's network function (maybe compiled): used only by a method TorchScript leaves out;
+    # the weights train() gives back their layout (weight_layout.py): Python-side only
+    __jit_ignored_attributes__ = ["_eval_network", "_channels_last_weights"]
 
     @configurable
     def __init__(
@@ -94,7 +96,8 @@ class RetinaNetPlugin(DenseDetector):
                 paper's), and the saved average is left as it is.
             channels_last: the images (and so the activations) in channels-last memory format, in
                 eval mode and in training under an autocast of the images' device (mixed
-                precision); float32 training keeps NCHW.
+                precision); float32 training keeps NCHW. In eval mode the convolution weights are
+                held channels-last too (``weight_layout.py``).
             bfloat16_inference: in eval mode, the backbone and head under bfloat16 autocast (their
                 outputs back in float32).
             compile_mode: in eval mode, the backbone and head run as one ``torch.compile``d function
@@ -139,6 +142,7 @@ class RetinaNetPlugin(DenseDetector):
         self._eval_network = (
             network if compile_mode is None else compiled(network, compile_mode, compile_freezing)
         )
+        self._channels_last_weights: List[str] = []  # converted by eval(), restored by train()
         # Saved in checkpoints so a resumed run continues with the same normaliser.
         self.register_buffer("loss_normalizer", torch.tensor(float(normalizer_ema_init)))
         self._metrics = DeviceScalarLogger()
@@ -217,6 +221,16 @@ class RetinaNetPlugin(DenseDetector):
                 return self._eval_dense_predictions(images)
         features, predictions = self.network_outputs(images)
         return self.dense_outputs(features, predictions)
+
+    def train(self, mode: bool = True) -> "RetinaNetPlugin":
+        """``nn.Module.train``; a channels-last model holds its convolution weights channels-last
+        in eval mode (``weight_layout.py``)."""
+        super().train(mode)
+        if self.channels_last:
+            self._channels_last_weights = weight_layout_for_mode(
+                self, mode, self._channels_last_weights
+            )
+        return self
 
     def _channels_last(self, images: Tensor) -> bool:
         """Whether this forward runs channels-last, when chosen at construction: always in eval
