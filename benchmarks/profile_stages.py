@@ -175,12 +175,11 @@ def is_convolution(op_name: str) -> bool:
 
 
 def summarize(prof, steps: int) -> Dict[str, object]:
-    """Inclusive ms per stage scope, self ms per (innermost stage, op), and the self ms of all
-    convolution ops, per step (averaged over ``steps``)."""
+    """Inclusive ms per stage scope, and self ms per (innermost stage, op), per step (averaged over
+    ``steps``)."""
     stages = defaultdict(float)
     calls = defaultdict(int)
     ops = defaultdict(float)
-    convolution = 0.0
     for event in prof.events():
         if event.name in STAGES:
             # Nested calls of the same scope (none here) would be counted twice; they do not occur.
@@ -189,12 +188,9 @@ def summarize(prof, steps: int) -> Dict[str, object]:
         else:
             key = f"{_innermost_stage(event)} | {event.name}"
             ops[key] += event.self_cpu_time_total / 1e3 / steps
-            if is_convolution(event.name):
-                convolution += event.self_cpu_time_total / 1e3 / steps
     total = sum(stages[s] for s in STEP_STAGES)
     return {
         "total_ms": total,
-        "convolution_ms": convolution,
         "stages_ms": dict(stages),
         "stage_calls": dict(calls),
         "ops_self_ms": dict(ops),
@@ -206,7 +202,6 @@ def average(summaries: List[Dict[str, object]]) -> Dict[str, object]:
     count = len(summaries)
     merged = {
         "total_ms": sum(s["total_ms"] for s in summaries) / count,
-        "convolution_ms": sum(s["convolution_ms"] for s in summaries) / count,
         "stages_ms": defaultdict(float),
         "stage_calls": defaultdict(float),
         "ops_self_ms": defaultdict(float),
@@ -218,6 +213,13 @@ def average(summaries: List[Dict[str, object]]) -> Dict[str, object]:
     return {k: dict(v) if isinstance(v, defaultdict) else v for k, v in merged.items()}
 
 
+def convolution_ms(summary: Dict[str, object]) -> float:
+    """The self ms of all convolution ops in a summary, whatever their stage."""
+    return sum(
+        ms for key, ms in summary["ops_self_ms"].items() if is_convolution(key.split(" | ")[1])
+    )
+
+
 def convolution_bound(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
     """How much of each model's step its convolutions take, at what rate, and the most the plugin
     could gain without faster convolutions: Detectron2's step over the plugin's convolutions alone
@@ -225,18 +227,17 @@ def convolution_bound(results: Dict[str, Dict[str, object]]) -> Dict[str, object
     convolutions and matrix products) is in each model's summary when measured."""
     models = {}
     for name, summary in results.items():
-        conv_ms = summary["convolution_ms"]
+        conv_ms = convolution_ms(summary)
         row = {"convolution_ms": conv_ms, "share": conv_ms / summary["total_ms"]}
         if summary.get("gflop"):
             row["gflop"] = summary["gflop"]
             row["convolution_gflop_per_s"] = summary["gflop"] / (conv_ms / 1e3)
         models[name] = row
-    plugin = results["plugin"]
+    detectron2_ms = results["detectron2"]["total_ms"]
     return {
         "models": models,
-        "detectron2_over_plugin": results["detectron2"]["total_ms"] / plugin["total_ms"],
-        "detectron2_over_plugin_convolutions": results["detectron2"]["total_ms"]
-        / plugin["convolution_ms"],
+        "detectron2_over_plugin": detectron2_ms / results["plugin"]["total_ms"],
+        "detectron2_over_plugin_convolutions": detectron2_ms / models["plugin"]["convolution_ms"],
     }
 
 
